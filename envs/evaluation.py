@@ -1,0 +1,220 @@
+"""Policy evaluation: N episodes on fixed seeds, optionally in parallel worker processes.
+
+The policy is a plain callable `policy(obs dict of (B, To, ...) numpy) -> (B, Tp, A) numpy`, so this module
+never imports agents or torch. With several workers the policy is called once per round on the batch of
+all running episodes.
+"""
+
+import multiprocessing as mp
+import time
+import traceback
+
+import numpy as np
+
+from envs.wrappers import ChunkedRollout
+
+
+def video_frame(env, obs):
+    """One HWC uint8 frame: `env.render_frame()` when the env has it, else the first CHW image observation."""
+    if hasattr(env, 'render_frame'):
+        return np.asarray(env.render_frame())
+    for key in sorted(obs):
+        value = np.asarray(obs[key])
+        if value.dtype == np.uint8 and value.ndim == 3:
+            return value.transpose(1, 2, 0)  # CHW -> HWC
+    raise ValueError('cannot record video: the env has no render_frame() and no image observation')
+
+
+class _Runner:
+    """Runs the episodes of one worker: one env, one rollout wrapper."""
+
+    def __init__(self, env_fn, obs_steps, action_steps, max_steps):
+        self.env = env_fn()
+        self.rollout = ChunkedRollout(self.env, obs_steps, action_steps, max_steps)
+        self.frames = None
+        self.episode_return = 0.0
+
+    def reset(self, seed, record):
+        obs = self.rollout.reset(seed=seed)
+        self.episode_return = 0.0
+        self.frames = [video_frame(self.env, self.rollout._history[-1])] if record else None
+        return obs
+
+    def chunk(self, chunk):
+        def on_step(obs, reward, info):
+            if self.frames is not None:
+                self.frames.append(video_frame(self.env, {k: v[-1] for k, v in obs.items()}))
+
+        obs, reward, done = self.rollout.step_chunk(chunk, on_step=on_step)
+        self.episode_return += reward
+        result = None
+        if done:
+            result = {
+                'success': float(self.rollout.success),
+                'length': self.rollout.num_steps,
+                'return': self.episode_return,
+                'frames': None if self.frames is None else np.stack(self.frames),
+            }
+        return obs, result
+
+    def close(self):
+        if hasattr(self.env, 'close'):
+            self.env.close()
+
+
+def _worker_main(conn, env_fn, obs_steps, action_steps, max_steps):
+    """Worker process loop: builds its env once, then answers reset / chunk / close commands."""
+    try:
+        runner = _Runner(env_fn, obs_steps, action_steps, max_steps)
+        conn.send(('ok', None))
+    except Exception:  # report any failure to the parent instead of hanging it
+        conn.send(('error', traceback.format_exc()))
+        return
+    while True:
+        cmd, arg = conn.recv()
+        try:
+            if cmd == 'reset':
+                conn.send(('ok', runner.reset(*arg)))
+            elif cmd == 'chunk':
+                conn.send(('ok', runner.chunk(arg)))
+            elif cmd == 'close':
+                runner.close()
+                conn.send(('ok', None))
+                return
+        except Exception:
+            conn.send(('error', traceback.format_exc()))
+
+
+class _LocalWorker:
+    """In-process worker with the same send / recv interface as a worker process."""
+
+    def __init__(self, env_fn, obs_steps, action_steps, max_steps):
+        self.runner = _Runner(env_fn, obs_steps, action_steps, max_steps)
+        self._reply = None
+
+    def send(self, cmd, arg=None):
+        if cmd == 'reset':
+            self._reply = self.runner.reset(*arg)
+        elif cmd == 'chunk':
+            self._reply = self.runner.chunk(arg)
+
+    def recv(self):
+        return self._reply
+
+    def close(self):
+        self.runner.close()
+
+
+class _ProcessWorker:
+    """A worker process (spawned, so it renders off-screen with its own GL context)."""
+
+    def __init__(self, ctx, env_fn, obs_steps, action_steps, max_steps):
+        self.conn, child = ctx.Pipe()
+        args = (child, env_fn, obs_steps, action_steps, max_steps)
+        self.process = ctx.Process(target=_worker_main, args=args, daemon=True)
+        self.process.start()
+        child.close()
+        self._expect_ok()
+
+    def _expect_ok(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError as e:
+            code = self.process.exitcode
+            raise RuntimeError(f'evaluation worker {self.process.pid} died (exit code {code})') from e
+        if status == 'error':
+            raise RuntimeError(f'evaluation worker {self.process.pid} failed:\n{value}')
+        return value
+
+    def send(self, cmd, arg=None):
+        self.conn.send((cmd, arg))
+
+    def recv(self):
+        return self._expect_ok()
+
+    def close(self):
+        try:
+            self.conn.send(('close', None))
+            self.conn.recv()
+        except (BrokenPipeError, EOFError, OSError):
+            pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def evaluate(policy, env_fn, num_episodes, obs_steps, action_steps, max_steps=None, seed=0, num_workers=1,
+             video_episodes=0):
+    """Roll out `policy` for `num_episodes` episodes; episode k resets with seed `seed + k`.
+
+    `env_fn()` builds one env (it must pickle when `num_workers > 1`). Returns `(stats, videos)`:
+    stats has `success_rate`, `episode_length` (mean), `episode_return` (mean), `num_episodes`,
+    `env_steps_per_s`; videos is a list of (T, H, W, 3) uint8 arrays for the first `video_episodes` episodes.
+    """
+    if num_episodes < 1:
+        raise ValueError(f'num_episodes must be >= 1, got {num_episodes}')
+    num_workers = max(1, min(num_workers, num_episodes))
+    start = time.perf_counter()
+    if num_workers == 1:
+        workers = [_LocalWorker(env_fn, obs_steps, action_steps, max_steps)]
+    else:
+        ctx = mp.get_context('spawn')
+        workers = []
+    try:
+        if num_workers > 1:
+            for _ in range(num_workers):
+                workers.append(_ProcessWorker(ctx, env_fn, obs_steps, action_steps, max_steps))
+        results = _run_episodes(policy, workers, num_episodes, seed, video_episodes)
+    finally:
+        for w in workers:
+            w.close()
+    elapsed = time.perf_counter() - start
+    results.sort(key=lambda r: r['episode'])
+    lengths = [r['length'] for r in results]
+    stats = {
+        'success_rate': float(np.mean([r['success'] for r in results])),
+        'episode_length': float(np.mean(lengths)),
+        'episode_return': float(np.mean([r['return'] for r in results])),
+        'num_episodes': num_episodes,
+        'env_steps_per_s': sum(lengths) / elapsed,
+    }
+    videos = [r['frames'] for r in results if r['frames'] is not None]
+    return stats, videos
+
+
+def _run_episodes(policy, workers, num_episodes, seed, video_episodes):
+    """Lock-step scheduler: every round, one batched policy call for all running episodes."""
+    next_episode = 0
+    current = {}  # worker index -> episode index
+    obs = {}
+    for i, w in enumerate(workers):
+        if next_episode < num_episodes:
+            w.send('reset', (seed + next_episode, next_episode < video_episodes))
+            current[i] = next_episode
+            next_episode += 1
+    for i in current:
+        obs[i] = workers[i].recv()
+    results = []
+    while current:
+        active = sorted(current)
+        batch = {k: np.stack([obs[i][k] for i in active]) for k in obs[active[0]]}  # (B, To, ...)
+        chunks = np.asarray(policy(batch))
+        if chunks.ndim != 3 or chunks.shape[0] != len(active):
+            raise ValueError(f'policy must return (B={len(active)}, Tp, A) actions, got shape {chunks.shape}')
+        for j, i in enumerate(active):
+            workers[i].send('chunk', chunks[j])
+        finished = []
+        for i in active:
+            obs[i], result = workers[i].recv()
+            if result is not None:
+                results.append({'episode': current[i], **result})
+                finished.append(i)
+        for i in finished:
+            if next_episode < num_episodes:
+                workers[i].send('reset', (seed + next_episode, next_episode < video_episodes))
+                current[i] = next_episode
+                next_episode += 1
+                obs[i] = workers[i].recv()
+            else:
+                del current[i]
+    return results
