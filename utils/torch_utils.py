@@ -1,0 +1,40 @@
+"""Small torch helpers: device picking and numpy -> torch conversion that keeps images uint8."""
+
+import numpy as np
+import torch
+
+__all__ = ['pick_device', 'to_torch']
+
+
+def pick_device(device='auto'):
+    """Return a torch.device; 'auto' picks CUDA when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device={device!r} is not a torch device; "
+                         "expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+
+
+def to_torch(x, device):
+    """Convert numpy arrays (nested in dicts/lists) to tensors on `device`.
+
+    uint8 arrays (images) stay uint8; other floating arrays become float32; integer and bool arrays keep
+    their dtype. Tensors are moved to `device` with the same dtype rules.
+    """
+    if isinstance(x, dict):
+        return {k: to_torch(v, device) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(to_torch(v, device) for v in x)
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif np.isscalar(x):
+        x = torch.as_tensor(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'to_torch: cannot convert object of type {type(x).__name__}')
+    if x.is_floating_point() and x.dtype != torch.float32:
+        x = x.float()
+    return x.to(device, non_blocking=True)
