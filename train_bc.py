@@ -1,0 +1,393 @@
+"""Train (and evaluate) a flow policy on a robomimic dataset.
+
+    python train_bc.py              # FBC on scripted Lift (state); data generated on first use
+    python train_bc.py --env_name=lift-scripted-image --agent=agents/fbc_image.py
+    python train_bc.py --agent=agents/fql.py --agent.alpha=100
+    python train_bc.py --resume=runs/<run_dir>           # continue exactly where a run stopped
+    python train_bc.py --eval_only --checkpoint=runs/<run_dir>/checkpoints/best.pt
+
+Experiment flags live here; hyperparameters live in the agent config file (`--agent.*`). The trainer knows
+no agent by name: every agent has `create / update / sample_actions / save / load`.
+"""
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+
+import torch
+import tqdm
+from absl import app, flags
+from ml_collections import config_flags
+
+from envs import env_utils
+from envs.evaluation import evaluate
+from utils.logging import CsvLogger, WandbLogger, write_video
+from utils.torch_utils import pick_device
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('env_name', 'lift-scripted-low_dim',
+                    'Env / dataset name: {task}-{ph|mh|mg|scripted}-{low_dim|image}.')
+flags.DEFINE_string('dataset_path', None, 'hdf5 file to use instead of searching $ROBOMIMIC_DATA_DIR.')
+config_flags.DEFINE_config_file('agent', 'agents/fbc.py', 'Agent config file (fields: --agent.x=...).',
+                                lock_config=False)
+flags.DEFINE_enum('obs_type', None, ['state', 'image'],
+                  'Shortcut for --agent.obs_type (default: from the dataset).')
+flags.DEFINE_string('network_type', None, 'Shortcut for --agent.network_type (mlp, chiunet, chitransformer).')
+flags.DEFINE_integer('obs_steps', None, 'Shortcut for --agent.obs_steps (To).')
+
+flags.DEFINE_integer('offline_steps', 20000, 'Number of gradient steps.')
+flags.DEFINE_integer('log_interval', 500, 'Steps between train.csv rows (with a validation loss).')
+flags.DEFINE_integer('eval_interval', 10000, 'Steps between evaluations (0: only at the end).')
+flags.DEFINE_integer('save_interval', 5000, 'Steps between latest-checkpoint saves (0: only at the end).')
+flags.DEFINE_integer('eval_episodes', 50, 'Evaluation episodes (0: no evaluation).')
+flags.DEFINE_integer('eval_max_steps', None, 'Step limit per evaluation episode (default: per task).')
+flags.DEFINE_integer('eval_workers', None, 'Evaluation worker processes (default: min(episodes, CPU cores)).')
+flags.DEFINE_integer('eval_seed', 1_000_000, 'Episode k of every evaluation resets with seed eval_seed + k.')
+flags.DEFINE_integer('video_episodes', 0, 'Evaluation episodes recorded as mp4.')
+
+flags.DEFINE_integer('seed', 0, 'Seed for the agent, the dataset sampler and torch.')
+flags.DEFINE_string('save_dir', 'runs', 'Parent directory of run directories.')
+flags.DEFINE_string('run_group', 'default', 'Run group (a sub-directory of save_dir and the wandb group).')
+flags.DEFINE_string('wandb_project', 'acfql_pytorch', 'wandb project.')
+flags.DEFINE_enum('wandb_mode', 'offline', ['online', 'offline', 'disabled'], 'wandb mode.')
+flags.DEFINE_string('device', 'auto', "torch device: 'auto' (cuda when present), 'cpu', 'cuda', 'cuda:N'.")
+flags.DEFINE_string('resume', None, 'Run directory (or checkpoint file) to continue exactly.')
+flags.DEFINE_bool('eval_only', False, 'Only evaluate --checkpoint; no training.')
+flags.DEFINE_string('checkpoint', None, 'Checkpoint file for --eval_only.')
+
+# Experiment flags a resumed run may change; everything else comes from the checkpoint.
+RESUME_OVERRIDABLE = ('offline_steps', 'log_interval', 'eval_interval', 'save_interval', 'eval_episodes',
+                      'eval_max_steps', 'eval_workers', 'video_episodes', 'wandb_mode', 'device')
+EXPERIMENT_FLAGS = ('env_name', 'dataset_path', 'offline_steps', 'log_interval', 'eval_interval',
+                    'save_interval', 'eval_episodes', 'eval_max_steps', 'eval_workers', 'eval_seed',
+                    'video_episodes', 'seed',
+                    'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device')
+
+
+class UserError(Exception):
+    """A bad flag or input: reported as one clear line, exit code 2."""
+
+
+def git_version():
+    """Code version: the git sha of this checkout, with '-dirty' when it has uncommitted changes."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ('-dirty' if dirty else '')
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+
+
+def new_run_dir(save_dir, run_group, name):
+    """Create a fresh run directory; an existing one is never reused."""
+    parent = os.path.join(save_dir, run_group)
+    os.makedirs(parent, exist_ok=True)
+    base = os.path.join(parent, f'{name}_{time.strftime("%Y%m%d-%H%M%S")}')
+    path, k = base, 0
+    while True:
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            k += 1
+            path = f'{base}_{k}'
+
+
+def build_config(argv):
+    """The agent config with the shortcut flags applied; `obs_type` follows the dataset unless given."""
+    config = FLAGS.agent
+    if config is None:
+        raise UserError('--agent: no agent config loaded')
+    for name in ('obs_type', 'network_type', 'obs_steps'):
+        value = getattr(FLAGS, name)
+        if value is not None:
+            config[name] = value
+    explicit_obs_type = FLAGS.obs_type is not None or any(a.startswith('--agent.obs_type') for a in argv)
+    if not explicit_obs_type:
+        config['obs_type'] = 'image' if env_utils.parse_env_name(FLAGS.env_name).is_image else 'state'
+    for field in ('agent_name', 'obs_type', 'obs_steps', 'horizon_length', 'action_steps', 'batch_size'):
+        if field not in config:
+            raise UserError(f'--agent={FLAGS["agent"].config_filename}: config has no field {field!r}')
+    return config
+
+
+def scalars(info):
+    """Plain floats from an info dict of numbers / 0-d tensors."""
+    return {k: float(v) for k, v in info.items()}
+
+
+def first_loss(info):
+    """The value shown in the progress bar: 'loss' or the first '*loss' key."""
+    for k, v in info.items():
+        if k == 'loss' or k.endswith('loss'):
+            return v
+    return next(iter(info.values()), float('nan'))
+
+
+class Trainer:
+    """Owns the run: datasets, agent, loggers, checkpoints, evaluation."""
+
+    def __init__(self, run_flags, config, run_dir, resume_from=None):
+        from agents import AGENTS  # imported here so that `--help` stays fast
+
+        self.flags = run_flags
+        self.config = config
+        self.run_dir = run_dir
+        self.device = pick_device(run_flags['device'])
+        torch.manual_seed(run_flags['seed'])
+        random.seed(run_flags['seed'])
+
+        data = env_utils.make_env_and_datasets(
+            run_flags['env_name'], run_flags['dataset_path'], obs_type=config.obs_type,
+            obs_keys=config.get('obs_keys'), seed=run_flags['seed'], build_envs=False,
+            max_episode_steps=run_flags['eval_max_steps'])
+        _, _, self.train_ds, self.val_ds = data
+        self.env_meta = env_utils.env_meta_of(self.train_ds)
+        self.shape_meta = self.train_ds.shape_meta
+        if config.agent_name not in AGENTS:
+            raise UserError(f'--agent: agent_name {config.agent_name!r} is not one of {sorted(AGENTS)}')
+        agent_cls = AGENTS[config.agent_name]
+        self.step = 0
+        self.best_success = -1.0
+        self.wandb_id = None
+        if resume_from is None:
+            stats = self.train_ds.normalizer_stats()
+            self.agent = agent_cls.create(self.shape_meta, config, normalizer_stats=stats,
+                                          seed=run_flags['seed'], device=self.device)
+        else:
+            self.agent = agent_cls.load(resume_from, device=self.device)
+            self._restore_trainer_state(load_extra(resume_from)['trainer'])
+        self.train_csv = CsvLogger(os.path.join(run_dir, 'train.csv'))
+        self.eval_csv = CsvLogger(os.path.join(run_dir, 'eval.csv'))
+        self.wandb = WandbLogger(run_flags['wandb_project'], run_flags['wandb_mode'], run_dir,
+                                 config={**run_flags, 'agent': config.to_dict()},
+                                 group=run_flags['run_group'],
+                                 name=os.path.basename(run_dir), resume_id=self.wandb_id)
+        self.wandb_id = self.wandb.id
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def _trainer_state(self):
+        return {
+            'step': self.step,
+            'best_success': self.best_success,
+            'wandb_id': self.wandb_id,
+            'train_rng': self.train_ds.rng.bit_generator.state,
+            'val_rng': None if self.val_ds is None else self.val_ds.rng.bit_generator.state,
+            'torch_rng': torch.get_rng_state(),
+            'cuda_rng': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            'python_rng': random.getstate(),
+        }
+
+    def _restore_trainer_state(self, state):
+        self.step = state['step']
+        self.best_success = state['best_success']
+        self.wandb_id = state['wandb_id']
+        self.train_ds.rng.bit_generator.state = state['train_rng']
+        if self.val_ds is not None and state['val_rng'] is not None:
+            self.val_ds.rng.bit_generator.state = state['val_rng']
+        torch.set_rng_state(state['torch_rng'])
+        if state['cuda_rng'] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['cuda_rng'])
+        random.setstate(state['python_rng'])
+
+    def save(self, name):
+        """Write checkpoints/<name>.pt atomically; it carries everything needed to evaluate or resume."""
+        folder = os.path.join(self.run_dir, 'checkpoints')
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f'{name}.pt')
+        extra = {
+            'trainer': self._trainer_state(),
+            'config': self.config.to_dict(),
+            'shape_meta': self.shape_meta,
+            'env_meta': self.env_meta,
+            'flags': self.flags,
+            'code_version': git_version(),
+        }
+        tmp = path + '.tmp'
+        self.agent.save(tmp, extra=extra)
+        os.replace(tmp, path)
+        return path
+
+    # ---- loop --------------------------------------------------------------------------------------------
+    def validation(self):
+        """Losses on one batch of the valid split (no update)."""
+        if self.val_ds is None or len(self.val_ds) == 0:
+            return {}
+        batch = self.sample(self.val_ds)
+        info = self.agent.evaluate_loss(batch)
+        return {f'val/{k}': v for k, v in scalars(info).items()}
+
+    def sample(self, dataset):
+        c = self.config
+        return dataset.sample_sequence(c.batch_size, c.horizon_length, obs_steps=c.obs_steps,
+                                       discount=c.get('discount', 0.99))
+
+    def run_eval(self):
+        """Evaluate the agent (EMA weights, eval mode) and log eval.csv / wandb / videos."""
+        f = self.flags
+        stats, videos = run_evaluation(self.agent, self.config, self.env_meta, f)
+        row = {'step': self.step, **stats}
+        self.eval_csv.log(row)
+        self.wandb.log({f'eval/{k}': v for k, v in stats.items()}, step=self.step)
+        if videos:
+            folder = os.path.join(self.run_dir, 'videos')
+            os.makedirs(folder, exist_ok=True)
+            paths = [write_video(os.path.join(folder, f'step{self.step:08d}_ep{k}.mp4'), v,
+                                 fps=self.env_meta.get('control_freq', 20)) for k, v in enumerate(videos)]
+            self.wandb.log_videos('eval/video', paths, step=self.step)
+        tqdm.tqdm.write(f'step {self.step}: success_rate={stats["success_rate"]:.3f} '
+                        f'episode_length={stats["episode_length"]:.1f} ({stats["num_episodes"]} episodes)')
+        return stats
+
+    def train(self):
+        """Run the training loop until `offline_steps`; returns the exit code."""
+        f = self.flags
+        total = f['offline_steps']
+        due = lambda interval: (interval > 0 and self.step % interval == 0) or self.step == total  # noqa: E731
+        bar = tqdm.tqdm(total=total, initial=self.step, unit='step', dynamic_ncols=True, mininterval=1.0,
+                        file=sys.stderr)
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < total:
+            info = scalars(self.agent.update(self.sample(self.train_ds)))
+            bad = {k: v for k, v in info.items() if not math.isfinite(v)}
+            if bad:
+                bar.close()
+                ckpts = os.path.join(self.run_dir, 'checkpoints')
+                print(f'error: non-finite loss at step {self.step + 1}: {bad}. Stopped; the last good '
+                      f'checkpoint (if any) is in {ckpts}', file=sys.stderr)
+                return 3
+            self.step += 1
+            window_steps += 1
+            bar.update(1)
+            if self.step % 10 == 0 or self.step == 1:
+                bar.set_postfix(loss=f'{first_loss(info):.4f}', refresh=False)
+            if due(f['log_interval']):
+                elapsed = time.perf_counter() - window_start
+                row = {'step': self.step, 'steps_per_s': window_steps / max(elapsed, 1e-9), **info,
+                       **self.validation()}
+                self.train_csv.log(row)
+                self.wandb.log(row, step=self.step)
+                window_start, window_steps = time.perf_counter(), 0
+            if f['eval_episodes'] > 0 and due(f['eval_interval']):
+                stats = self.run_eval()
+                if stats['success_rate'] > self.best_success:
+                    self.best_success = stats['success_rate']
+                    self.save('best')
+            if due(f['save_interval']):
+                self.save('latest')
+        bar.close()
+        self.wandb.finish()
+        return 0
+
+
+def run_evaluation(agent, config, env_meta, f):
+    """Evaluate `agent` in the env described by `env_meta` with the flags in dict `f`."""
+    max_steps = f['eval_max_steps'] or env_meta['max_episode_steps']
+    episodes = f['eval_episodes']
+    workers = f['eval_workers'] or min(episodes, os.cpu_count() or 1)
+    env_fn = env_utils.EnvFactory(env_meta, max_episode_steps=max_steps)
+    calls = iter(range(1 << 62))
+
+    def policy(obs):  # obs: dict of (B, To, ...) numpy -> (B, Tp, A) numpy
+        with torch.no_grad():
+            chunk = agent.sample_actions(obs, seed=f['eval_seed'] + next(calls))
+        return chunk.detach().float().cpu().numpy()
+
+    return evaluate(policy, env_fn, episodes, obs_steps=config.obs_steps, action_steps=config.action_steps,
+                    max_steps=max_steps, seed=f['eval_seed'], num_workers=workers,
+                    video_episodes=f['video_episodes'])
+
+
+def load_extra(path):
+    """The trainer's metadata stored in a checkpoint file."""
+    if not os.path.isfile(path):
+        raise UserError(f'checkpoint {path!r} does not exist')
+    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    if not isinstance(ckpt, dict) or 'extra' not in ckpt or 'trainer' not in (ckpt['extra'] or {}):
+        raise UserError(f'{path!r} is not a train_bc.py checkpoint (no trainer metadata)')
+    return ckpt['extra']
+
+
+def resolve_checkpoint(path):
+    """A checkpoint file, or a run directory -> its checkpoints/latest.pt."""
+    if os.path.isdir(path):
+        path = os.path.join(path, 'checkpoints', 'latest.pt')
+    if not os.path.isfile(path):
+        raise UserError(f'--resume / --checkpoint: no checkpoint at {path!r}')
+    return path
+
+
+def eval_only():
+    """Evaluate --checkpoint with the settings stored in it (flags on the command line override)."""
+    from agents import AGENTS
+
+    if not FLAGS.checkpoint:
+        raise UserError('--eval_only needs --checkpoint=<file or run dir>')
+    path = resolve_checkpoint(FLAGS.checkpoint)
+    extra = load_extra(path)
+    f = dict(extra['flags'])
+    for name in RESUME_OVERRIDABLE + ('eval_seed',):
+        if FLAGS[name].present:
+            f[name] = getattr(FLAGS, name)
+    config = type(FLAGS.agent)(extra['config'])
+    agent = AGENTS[config.agent_name].load(path, device=pick_device(f['device']))
+    stats, videos = run_evaluation(agent, config, extra['env_meta'], f)
+    out = new_run_dir(FLAGS.save_dir, f['run_group'], 'eval_' + os.path.basename(os.path.dirname(
+        os.path.dirname(os.path.abspath(path)))))
+    CsvLogger(os.path.join(out, 'eval.csv')).log({'step': extra['trainer']['step'], **stats})
+    for k, v in enumerate(videos):
+        write_video(os.path.join(out, f'ep{k}.mp4'), v, fps=extra['env_meta'].get('control_freq', 20))
+    print(json.dumps({'checkpoint': path, 'step': extra['trainer']['step'], **stats, 'eval_dir': out}))
+    return 0
+
+
+def main(argv):
+    """Entry point: train, resume or evaluate."""
+    if len(argv) > 1:
+        raise UserError(f'unexpected arguments {argv[1:]} (flags look like --name=value)')
+    if FLAGS.eval_only:
+        return eval_only()
+    if FLAGS.resume:
+        path = resolve_checkpoint(FLAGS.resume)
+        extra = load_extra(path)
+        run_flags = dict(extra['flags'])
+        for name in RESUME_OVERRIDABLE:
+            if FLAGS[name].present:
+                run_flags[name] = getattr(FLAGS, name)
+        config = type(FLAGS.agent)(extra['config'])
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
+        trainer = Trainer(run_flags, config, run_dir, resume_from=path)
+    else:
+        config = build_config(sys.argv)
+        run_flags = {name: getattr(FLAGS, name) for name in EXPERIMENT_FLAGS}
+        name = f'{FLAGS.env_name}_{config.agent_name}_{config.get("network_type", "net")}_s{FLAGS.seed}'
+        run_dir = new_run_dir(FLAGS.save_dir, FLAGS.run_group, name)
+        with open(os.path.join(run_dir, 'flags.json'), 'w') as fh:
+            json.dump({**run_flags, 'agent': config.to_dict(), 'code_version': git_version()}, fh, indent=2,
+                      default=str)
+        print(f'run directory: {run_dir}', file=sys.stderr)
+        trainer = Trainer(run_flags, config, run_dir)
+    return trainer.train()
+
+
+def entry(argv):
+    """absl entry: user errors become one clear line and exit code 2."""
+    try:
+        code = main(argv)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    app.run(entry)
