@@ -1,0 +1,177 @@
+"""The one place that maps names to network, encoder and critic classes.
+
+Agents merge `get_network_config()` into their flat config (so `--agent.model_dim=128` works) and call
+`get_network_and_encoder(config)` / `get_value(config, cond_dim)`. The factory also reads three agent
+fields: `shape_meta` (filled from the dataset), `obs_steps` (To) and `horizon_length` (Tp).
+"""
+
+import ml_collections
+import torch.nn as nn
+from ml_collections import config_dict
+
+from utils.encoders import IdentityEncoder, MLPEncoder, rgb_keys, validate_shape_meta
+from utils.networks.mlp import MLP
+from utils.networks.value import Value
+
+
+def get_network_config() -> ml_collections.ConfigDict:
+    """Network, encoder and critic hyperparameters, to be merged into an agent's flat config."""
+    config = ml_collections.ConfigDict()
+    # Which modules.
+    config.network_type = 'mlp'  # policy network: 'mlp' | 'chiunet' | 'chitransformer'
+    # Observation encoder: None picks 'identity' without rgb keys and 'resnet18' with them; or one of
+    # 'identity' | 'mlp' | 'resnet18' | 'resnet34' | 'resnet50' | 'impala'.
+    config.encoder = config_dict.placeholder(str)
+    # Flow-time embedding, used by every policy network for both s and t.
+    config.timestep_embedding = 'sinusoidal'  # 'sinusoidal' | 'fourier' | 'positional' (learnable)
+    config.emb_dim = 256  # size of emb(s) and of emb(t) (each)
+    # MLP policy.
+    config.mlp_hidden_dims = (512, 512, 512, 512)  # hidden layer widths
+    config.mlp_layer_norm = False  # LayerNorm after each hidden Linear
+    # ChiUNet policy (Diffusion Policy's conditional 1-D U-Net).
+    config.model_dim = 128  # channels of the first level
+    config.dim_mult = (1, 2, 2)  # channel multiplier per level; Tp is padded to a multiple of 2^(levels-1)
+    config.kernel_size = 5  # Conv1d kernel size
+    config.n_groups = 8  # GroupNorm groups in the residual blocks
+    config.cond_predict_scale = True  # FiLM predicts scale and bias (False: bias only)
+    config.obs_as_global_cond = True  # True: obs features enter FiLM; False: added per position (local)
+    # ChiTransformer policy.
+    config.d_model = 384  # token width
+    config.n_heads = 6  # attention heads (d_model must be divisible by n_heads)
+    config.num_layers = 8  # decoder layers (causal self-attention + cross-attention + MLP)
+    config.transformer_dropout = 0.0  # dropout on attention weights, residual branches and embeddings
+    config.attention_impl = 'sdpa'  # 'sdpa': torch kernels; 'math': explicit softmax(QK^T)V (forward-AD safe)
+    # Observation encoders.
+    config.encoder_dropout = 0.0  # dropout on the encoder's output features
+    config.encoder_hidden_dims = (256, 256)  # 'mlp' encoder widths; output dim is the last one
+    config.resize_shape = config_dict.placeholder(tuple)  # (H, W) images are resized to first; None: keep
+    config.crop_shape = config_dict.placeholder(tuple)  # (h, w) crop; None: round(0.9 * H), round(0.9 * W)
+    config.random_crop = True  # random crop in train mode, center crop in eval; False: center crop always
+    config.share_backbone = False  # one image backbone for all cameras (True) or one per camera (False)
+    config.use_group_norm = True  # replace the ResNet's BatchNorm by GroupNorm(C/16)
+    config.pretrained_path = config_dict.placeholder(str)  # ResNet state_dict on disk; never downloaded
+    config.impala_channels = (16, 32, 32)  # 'impala' encoder: channels of its three conv stages
+    config.impala_out_dim = 256  # 'impala' encoder: feature size per camera
+    # Critic ensemble (Value).
+    config.value_hidden_dims = (512, 512, 512, 512)  # hidden layer widths of each head
+    config.num_qs = 2  # number of heads K
+    config.value_layer_norm = True  # LayerNorm after each hidden Linear
+    return config
+
+
+NETWORKS = {
+    'mlp': MLP,
+}
+
+LOW_DIM_ENCODERS = {
+    'identity': IdentityEncoder,
+    'mlp': MLPEncoder,
+}
+
+IMAGE_ENCODERS: dict = {}
+
+
+def _field(config, key: str):
+    """config[key], or a ValueError saying which field is missing and where it comes from."""
+    try:
+        return config[key]
+    except (KeyError, AttributeError):
+        raise ValueError(
+            f'config has no field {key!r}; merge utils.network_factory.get_network_config() into the agent '
+            'config (shape_meta, obs_steps and horizon_length come from the agent config)'
+        ) from None
+
+
+def _positive_int(config, key: str) -> int:
+    """A config field that must be a positive integer."""
+    value = _field(config, key)
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f'config.{key} must be a positive integer, got {value!r}')
+    return value
+
+
+def _shape_meta(config) -> dict:
+    """The validated config.shape_meta."""
+    shape_meta = _field(config, 'shape_meta')
+    validate_shape_meta(shape_meta)
+    return shape_meta
+
+
+def encoder_name(config) -> str:
+    """The encoder name to build: config.encoder, or picked from shape_meta when it is None."""
+    name = _field(config, 'encoder')
+    if name is None:
+        return 'resnet18' if rgb_keys(_shape_meta(config)) else 'identity'
+    valid = sorted(set(LOW_DIM_ENCODERS) | set(IMAGE_ENCODERS))
+    if name not in valid:
+        raise ValueError(f'config.encoder={name!r} is unknown; valid names: {valid} '
+                         '(or None to pick from shape_meta)')
+    return name
+
+
+def get_encoder(config) -> nn.Module:
+    """Build the observation encoder named by config.encoder for config.shape_meta."""
+    shape_meta = _shape_meta(config)
+    name = encoder_name(config)
+    dropout = _field(config, 'encoder_dropout')
+    if name == 'identity':
+        return IdentityEncoder(shape_meta, dropout=dropout)
+    if name == 'mlp':
+        hidden_dims = tuple(_field(config, 'encoder_hidden_dims'))
+        return MLPEncoder(shape_meta, hidden_dims=hidden_dims, dropout=dropout)
+    return IMAGE_ENCODERS[name](config, shape_meta)
+
+
+def _network_kwargs(config, name: str) -> dict:
+    """Keyword arguments of the policy network `name` taken from the config."""
+    common = dict(emb_dim=_positive_int(config, 'emb_dim'),
+                  timestep_embedding=_field(config, 'timestep_embedding'))
+    if name == 'mlp':
+        return dict(common, hidden_dims=tuple(_field(config, 'mlp_hidden_dims')),
+                    layer_norm=_field(config, 'mlp_layer_norm'))
+    raise AssertionError(name)
+
+
+def get_network(config, cond_dim: int | None = None) -> nn.Module:
+    """Build the policy network config.network_type for cond of shape (B, To, cond_dim).
+
+    cond_dim is the encoder's output_dim; when None an encoder is built just to read it.
+    """
+    name = _field(config, 'network_type')
+    if name not in NETWORKS:
+        raise ValueError(f'config.network_type={name!r} is unknown; valid names: {sorted(NETWORKS)}')
+    shape_meta = _shape_meta(config)
+    if cond_dim is None:
+        cond_dim = get_encoder(config).output_dim
+    return NETWORKS[name](
+        action_dim=int(shape_meta['action']['shape'][0]),
+        horizon=_positive_int(config, 'horizon_length'),
+        obs_steps=_positive_int(config, 'obs_steps'),
+        cond_dim=int(cond_dim),
+        **_network_kwargs(config, name),
+    )
+
+
+def get_network_and_encoder(config) -> tuple[nn.Module, nn.Module]:
+    """Build (policy network, observation encoder) with the network sized to the encoder's output."""
+    encoder = get_encoder(config)
+    return get_network(config, encoder.output_dim), encoder
+
+
+def get_value(config, cond_dim: int) -> Value:
+    """Build the critic ensemble Value(cond (B,To,cond_dim), actions (B,Tp,A)) -> (num_qs, B)."""
+    shape_meta = _shape_meta(config)
+    return Value(
+        obs_steps=_positive_int(config, 'obs_steps'),
+        cond_dim=int(cond_dim),
+        horizon=_positive_int(config, 'horizon_length'),
+        action_dim=int(shape_meta['action']['shape'][0]),
+        hidden_dims=tuple(_field(config, 'value_hidden_dims')),
+        num_qs=_positive_int(config, 'num_qs'),
+        layer_norm=_field(config, 'value_layer_norm'),
+    )
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,37 @@
+"""MLP policy network: flattens the chunk, both time embeddings and all observation steps."""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from utils.embeddings import TimePairEmbedding
+from utils.network_utils import batch_times, check_inputs, mlp, zero_linear
+
+
+class MLP(nn.Module):
+    """net(x (B,Tp,A), s (B,), t (B,), cond (B,To,D)) -> (y (B,Tp,A), scalar (B,1)) with a plain MLP."""
+
+    def __init__(self, action_dim: int, horizon: int, obs_steps: int, cond_dim: int,
+                 hidden_dims: Sequence[int] = (512, 512, 512, 512), emb_dim: int = 128,
+                 timestep_embedding: str = 'sinusoidal', layer_norm: bool = False):
+        super().__init__()
+        if len(hidden_dims) == 0:
+            raise ValueError('MLP: mlp_hidden_dims must name at least one hidden layer')
+        self.action_dim, self.horizon = action_dim, horizon
+        self.obs_steps, self.cond_dim = obs_steps, cond_dim
+        self.time_emb = TimePairEmbedding(timestep_embedding, emb_dim)
+        in_dim = horizon * action_dim + self.time_emb.output_dim + obs_steps * cond_dim
+        self.trunk = mlp(in_dim, hidden_dims, None, layer_norm=layer_norm)
+        self.out = nn.Linear(hidden_dims[-1], horizon * action_dim)
+        self.scalar_head = zero_linear(hidden_dims[-1], 1)
+
+    def forward(self, x, s, t, cond):
+        """Predict (B, Tp, A) and a (B, 1) scalar."""
+        check_inputs(x, cond, self.horizon, self.action_dim, self.obs_steps, self.cond_dim, 'MLP')
+        b = x.shape[0]
+        s, t = batch_times(s, b, x), batch_times(t, b, x)
+        h = torch.cat([x.reshape(b, -1), self.time_emb(s, t), cond.reshape(b, -1)], dim=-1)  # (B, in_dim)
+        h = self.trunk(h)
+        y = self.out(h).reshape(b, self.horizon, self.action_dim)  # (B, Tp, A)
+        return y, self.scalar_head(h)
