@@ -1,0 +1,151 @@
+"""robomimic names, file locations and metadata.
+
+Public API:
+    parse_env_name(name) -> EnvName            'lift-ph-image' -> EnvName('lift', 'ph', 'image')
+    max_episode_steps(name_or_record) -> int    400 / 500 / 700, per task and data type
+    get_dataset_path(name, dataset_path=None)   finds the hdf5 under $ROBOMIMIC_DATA_DIR (default ~/.robomimic)
+    scripted_dataset_path(task, obs_type)       where envs.generate_demos writes its files
+    default_obs_keys(obs_type, available_keys)  the obs keys a model reads by default
+    read_env_meta(path) / read_shape_meta(...)  see envs/hdf5_reader.py (re-exported here)
+
+The hdf5 reading itself (validation, RAM / on-disk cache storage) lives in envs/hdf5_reader.py;
+the sequence datasets built on it live in utils/datasets.py (`load_datasets`).
+"""
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from envs.hdf5_reader import (  # noqa: F401  (re-exported: the public reading API)
+    RobomimicData,
+    RobomimicFileError,
+    read_env_meta,
+    read_robomimic,
+    read_shape_meta,
+)
+
+TASKS = ('lift', 'can', 'square', 'transport', 'tool_hang')
+DATASET_TYPES = ('ph', 'mh', 'mg', 'scripted')
+OBS_TYPES = ('low_dim', 'image')
+
+# Candidate file names inside <data_dir>/<task>/<type>/, most specific first.
+_IMAGE_FILE_NAMES = ('image_v15.hdf5', 'image_v141.hdf5', 'image.hdf5', 'image_dense_v15.hdf5',
+                     'image_sparse_v15.hdf5')
+_LOW_DIM_FILE_NAMES = ('low_dim_v15.hdf5', 'low_dim_v141.hdf5', 'low_dim.hdf5', 'low_dim_dense_v15.hdf5',
+                       'low_dim_sparse_v15.hdf5')
+_STATES_FILE_NAMES = ('demo_v15.hdf5', 'demo_v141.hdf5', 'demo.hdf5')
+
+_NAME_RE = re.compile(r'^(?P<task>[a-z_]+)-(?P<type>[a-z]+)-(?P<obs>low_dim|image)$')
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvName:
+    """A parsed `{task}-{ph|mh|mg|scripted}-{low_dim|image}` environment name."""
+
+    task: str
+    dataset_type: str
+    obs_type: str
+
+    @property
+    def is_image(self) -> bool:
+        """True for image observations."""
+        return self.obs_type == 'image'
+
+    def __str__(self) -> str:
+        return f'{self.task}-{self.dataset_type}-{self.obs_type}'
+
+
+def parse_env_name(name: str | EnvName) -> EnvName:
+    """Parse an env name like 'lift-ph-image' once into an `EnvName`; ValueError lists what is valid."""
+    if isinstance(name, EnvName):
+        return name
+    valid = (f'names look like "{{task}}-{{type}}-{{obs}}" with task in {list(TASKS)}, '
+             f'type in {list(DATASET_TYPES)}, obs in {list(OBS_TYPES)}, e.g. "lift-ph-image"')
+    match = _NAME_RE.match(str(name))
+    if match is None:
+        raise ValueError(f'unknown env name {name!r}: {valid}')
+    parsed = EnvName(match['task'], match['type'], match['obs'])
+    if parsed.task not in TASKS:
+        raise ValueError(f'unknown task {parsed.task!r} in env name {name!r}: {valid}')
+    if parsed.dataset_type not in DATASET_TYPES:
+        raise ValueError(f'unknown dataset type {parsed.dataset_type!r} in env name {name!r}: {valid}')
+    return parsed
+
+
+def max_episode_steps(name: str | EnvName) -> int:
+    """Evaluation step limit: lift/can/square 400 (500 for mh); transport and tool_hang 700."""
+    parsed = parse_env_name(name)
+    if parsed.task in ('transport', 'tool_hang'):
+        return 700
+    return 500 if parsed.dataset_type == 'mh' else 400
+
+
+def data_dir() -> Path:
+    """The robomimic data root: $ROBOMIMIC_DATA_DIR, default ~/.robomimic."""
+    return Path(os.environ.get('ROBOMIMIC_DATA_DIR', '~/.robomimic')).expanduser()
+
+
+def scripted_dataset_path(task: str, obs_type: str) -> Path:
+    """Path of a scripted-demo file: <data_dir>/<task>/scripted/<low_dim|image>.hdf5."""
+    if task not in TASKS:
+        raise ValueError(f'unknown task {task!r}; valid: {list(TASKS)}')
+    if obs_type not in OBS_TYPES:
+        raise ValueError(f'unknown obs_type {obs_type!r}; valid: {list(OBS_TYPES)}')
+    return data_dir() / task / 'scripted' / f'{obs_type}.hdf5'
+
+
+def candidate_paths(name: str | EnvName) -> list[Path]:
+    """Every path `get_dataset_path` tries for an env name, in order."""
+    parsed = parse_env_name(name)
+    if parsed.dataset_type == 'scripted':
+        return [scripted_dataset_path(parsed.task, parsed.obs_type)]
+    folder = data_dir() / parsed.task / parsed.dataset_type
+    # A low_dim run can read the low_dim keys of an image file too, so it tries image files last.
+    names = (_IMAGE_FILE_NAMES if parsed.is_image
+             else _LOW_DIM_FILE_NAMES + _IMAGE_FILE_NAMES)
+    return [folder / file_name for file_name in names]
+
+
+def get_dataset_path(name: str | EnvName, dataset_path: str | os.PathLike | None = None) -> Path:
+    """Find the hdf5 file for an env name (or check `dataset_path`); FileNotFoundError says how to get one."""
+    parsed = parse_env_name(name)
+    if dataset_path is not None:
+        path = Path(dataset_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f'dataset_path={str(path)!r} does not exist (or is not a file)')
+        return path
+    tried = candidate_paths(parsed)
+    for path in tried:
+        if path.is_file():
+            return path
+    folder = data_dir() / parsed.task / parsed.dataset_type
+    states_hint = ', '.join(_STATES_FILE_NAMES)
+    lines = [f'no dataset file for {str(parsed)!r}. Tried:']
+    lines += [f'  {p}' for p in tried]
+    lines += [
+        'Ways to get one:',
+        f'  - scripted demos (no download): python -m envs.generate_demos --task {parsed.task} '
+        f'--obs {parsed.obs_type}   (writes {scripted_dataset_path(parsed.task, parsed.obs_type)})',
+        f'  - robomimic: python -m robomimic.scripts.download_datasets --tasks {parsed.task} '
+        f'--dataset_types {parsed.dataset_type} --hdf5_types raw, which gives {states_hint} in {folder}; '
+        f'then render observations with: python -m envs.convert_states_to_obs --input <that file> '
+        f'--output {folder / (_IMAGE_FILE_NAMES[0] if parsed.is_image else _LOW_DIM_FILE_NAMES[0])}',
+        '  - or pass dataset_path=/path/to/file.hdf5, or set ROBOMIMIC_DATA_DIR '
+        f'(now {str(data_dir())!r}).',
+    ]
+    raise FileNotFoundError('\n'.join(lines))
+
+
+_PROPRIO_RE = re.compile(r'^robot\d+_(eef_pos|eef_quat|gripper_qpos)$')
+
+
+def default_obs_keys(obs_type: str, available_keys) -> list[str]:
+    """Default obs keys: state -> robot*_eef_pos/eef_quat/gripper_qpos + object; image -> *_image + proprio."""
+    if obs_type in ('state', 'low_dim'):
+        keys = [k for k in available_keys if _PROPRIO_RE.match(k) or k == 'object']
+    elif obs_type == 'image':
+        keys = [k for k in available_keys if k.endswith('_image') or _PROPRIO_RE.match(k)]
+    else:
+        raise ValueError(f"unknown obs_type {obs_type!r}; valid: 'state' (alias 'low_dim'), 'image'")
+    return sorted(keys)

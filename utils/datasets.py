@@ -1,0 +1,209 @@
+"""Sequence datasets over robomimic episodes (batch contract: docs/ARCHITECTURE.md).
+
+Public API:
+    load_datasets(path, obs_type, obs_keys=None, action_key='actions', ram_budget_gb=4.0, seed=0,
+                  valid_fraction=0.1, storage='auto', cache_dir=None) -> (train, valid)
+        Reads a robomimic hdf5 (envs/hdf5_reader.py) once; train and valid share its storage and differ in
+        episodes (mask/train + mask/valid, else a seeded split). `valid` is None when no episode is held out.
+    Dataset.sample_sequence(batch_size, sequence_length, obs_steps=1, discount=0.99, idxs=None) -> dict
+    Dataset.add_episode(observations, actions, rewards, dones)   (online replay; RAM storage only)
+    Dataset.normalizer_stats(), .shape_meta, .env_meta, len(), .num_episodes, .rng
+
+Storage: every key is one flat (rows, ...) array over all episodes; precomputed per-step tables
+(row, first row and last row of its episode) turn a batch into a few vectorised gathers.
+"""
+
+import numpy as np
+
+from envs.hdf5_reader import list_obs_keys, read_robomimic
+from envs.robomimic_utils import default_obs_keys
+
+
+class _GrowableArray:
+    """A (rows, ...) numpy array with spare capacity, so episodes can be appended in amortised O(rows)."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+        self.size = len(data)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self.data[idx]
+
+    def append(self, values: np.ndarray):
+        """Append rows (n, ...) at the end, doubling capacity when full."""
+        n = len(values)
+        if self.size + n > len(self.data):
+            grown = np.empty((max(2 * len(self.data), self.size + n),) + self.data.shape[1:], self.data.dtype)
+            grown[:self.size] = self.data[:self.size]
+            self.data = grown
+        self.data[self.size:self.size + n] = values
+        self.size += n
+
+
+class _Storage:
+    """Per-step columns shared by the datasets of one file (train and valid index into the same rows)."""
+
+    def __init__(self, obs: dict, actions, rewards, dones):
+        # RAM arrays become growable; on-disk (DiskArray) columns are read-only.
+        self.obs = {k: _GrowableArray(v) if isinstance(v, np.ndarray) else v for k, v in obs.items()}
+        self.actions = _GrowableArray(actions)
+        self.rewards = _GrowableArray(rewards)
+        self.dones = _GrowableArray(dones)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows stored so far."""
+        return self.actions.size
+
+
+class Dataset:
+    """Episodes of (obs, action, reward, done) steps, sampled as windows per the ARCHITECTURE.md batch contract."""
+
+    def __init__(self, storage: _Storage, starts, lengths, shape_meta: dict, env_meta: dict, seed: int = 0):
+        self._storage = storage
+        self.shape_meta = shape_meta
+        self.env_meta = env_meta
+        self.rng = np.random.default_rng(seed)
+        self._starts = np.asarray(starts, dtype=np.int64)    # (E,) first row of each episode
+        self._lengths = np.asarray(lengths, dtype=np.int64)  # (E,)
+        self._stats = None
+        self._rebuild_tables()
+
+    def _rebuild_tables(self):
+        # One entry per sampleable step: its storage row, and the first / last row of its episode.
+        self._step_row = np.concatenate([np.arange(s, s + n) for s, n in zip(self._starts, self._lengths,
+                                                                               strict=True)] or [np.zeros(0, int)])
+        self._step_first = np.repeat(self._starts, self._lengths)
+        self._step_last = np.repeat(self._starts + self._lengths - 1, self._lengths)
+
+    def __len__(self) -> int:
+        return len(self._step_row)
+
+    @property
+    def num_episodes(self) -> int:
+        """Number of episodes in this dataset."""
+        return len(self._starts)
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        """(E,) steps per episode."""
+        return self._lengths.copy()
+
+    @property
+    def obs_keys(self) -> list:
+        """Observation keys, sorted (same as shape_meta['obs'])."""
+        return list(self.shape_meta['obs'])
+
+    def sample_sequence(self, batch_size: int, sequence_length: int, obs_steps: int = 1, discount: float = 0.99,
+                        idxs=None) -> dict:
+        """Sample windows at uniform steps i (or at step indices `idxs`); see ARCHITECTURE.md for the keys."""
+        if sequence_length < 1 or obs_steps < 1:
+            raise ValueError(f'sequence_length={sequence_length} and obs_steps={obs_steps} must be >= 1')
+        if len(self) == 0:
+            raise ValueError('cannot sample from an empty dataset (0 episodes)')
+        if idxs is None:
+            idxs = self.rng.integers(0, len(self), size=batch_size)
+        idxs = np.asarray(idxs, dtype=np.int64)
+        row = self._step_row[idxs][:, None]      # (B, 1)
+        first = self._step_first[idxs][:, None]  # (B, 1)
+        last = self._step_last[idxs][:, None]    # (B, 1)
+        obs_offsets = np.arange(1 - obs_steps, 1)                       # (To,)  i-To+1 .. i
+        obs_rows = np.clip(row + obs_offsets, first, last)              # (B, To)
+        next_rows = np.clip(row + sequence_length + obs_offsets, first, last)  # (B, To), window ends at i+Tp
+        chunk = row + np.arange(sequence_length)                        # (B, Tp)  i .. i+Tp-1
+        valid = chunk <= last                                           # (B, Tp)
+        chunk = np.minimum(chunk, last)                                 # edge padded: repeat the last step
+        s = self._storage
+        step_rewards = s.rewards[chunk] - 1.0                           # (B, Tp) sparse {0,1} -> {-1,0}
+        discounts = discount ** np.arange(sequence_length)
+        return {
+            'observations': {k: s.obs[k][obs_rows] for k in self.shape_meta['obs']},  # (B, To, *shape)
+            'actions': s.actions[chunk],                                # (B, Tp, A)
+            'valid': valid.astype(np.float32),
+            'rewards': (step_rewards * discounts).sum(axis=1).astype(np.float32),  # (B,)
+            'masks': 1.0 - (s.dones[chunk] > 0).any(axis=1).astype(np.float32),     # (B,)
+            'next_observations': {k: s.obs[k][next_rows] for k in self.shape_meta['obs']},
+        }
+
+    def normalizer_stats(self) -> dict:
+        """Per-dimension min / max over this dataset's steps for actions and each low_dim key."""
+        if self._stats is None:
+            rows = self._step_row
+            stats = {'actions': self._min_max(self._storage.actions[rows])}
+            for key, meta in self.shape_meta['obs'].items():
+                if meta['type'] == 'low_dim':
+                    stats[key] = self._min_max(self._storage.obs[key][rows])
+            self._stats = stats
+        return self._stats
+
+    @staticmethod
+    def _min_max(values: np.ndarray) -> dict:
+        return {'min': values.min(axis=0).astype(np.float32), 'max': values.max(axis=0).astype(np.float32)}
+
+    def add_episode(self, observations: dict, actions, rewards, dones):
+        """Append one episode (obs dict of (L, *shape) in shape_meta layout, actions (L, A), rewards/dones (L,))."""
+        actions = np.asarray(actions, dtype=np.float32)
+        n = len(actions)
+        if n == 0:
+            raise ValueError('add_episode: empty episode')
+        expected = {'actions': (n, *self.shape_meta['action']['shape']), 'rewards': (n,), 'dones': (n,)}
+        given = {'actions': actions.shape, 'rewards': np.shape(rewards), 'dones': np.shape(dones)}
+        if set(observations) != set(self.shape_meta['obs']):
+            raise ValueError(f'add_episode: observation keys {sorted(observations)} != {self.obs_keys}')
+        for key, meta in self.shape_meta['obs'].items():
+            expected[key] = (n, *meta['shape'])
+            given[key] = np.shape(observations[key])
+        bad = {k: (given[k], expected[k]) for k in expected if tuple(given[k]) != tuple(expected[k])}
+        if bad:
+            raise ValueError(f'add_episode: shapes (given, expected) do not match: {bad}')
+        s = self._storage
+        on_disk = [k for k, col in s.obs.items() if not isinstance(col, _GrowableArray)]
+        if on_disk:
+            raise ValueError(f'add_episode: keys {on_disk} are read from the on-disk cache; an online replay '
+                             'buffer needs RAM storage (load with storage="ram" or a larger ram_budget_gb)')
+        start = s.num_rows
+        for key, meta in self.shape_meta['obs'].items():
+            dtype = np.uint8 if meta['type'] == 'rgb' else np.float32
+            s.obs[key].append(np.asarray(observations[key], dtype=dtype))
+        s.actions.append(actions)
+        s.rewards.append(np.asarray(rewards, dtype=np.float32))
+        s.dones.append(np.asarray(dones, dtype=np.float32))
+        self._starts = np.append(self._starts, start)
+        self._lengths = np.append(self._lengths, n)
+        self._stats = None
+        self._rebuild_tables()
+
+    def rng_state(self) -> dict:
+        """The sampling RNG state, for checkpoints."""
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict):
+        """Restore the sampling RNG state saved by `rng_state()`."""
+        self.rng.bit_generator.state = state
+
+
+def load_datasets(path, obs_type: str, obs_keys=None, action_key: str = 'actions', ram_budget_gb: float = 4.0,
+                  seed: int = 0, valid_fraction: float = 0.1, storage: str = 'auto', cache_dir=None):
+    """Read a robomimic hdf5 into (train, valid) Datasets; valid is None when no episode is held out."""
+    if obs_keys is None:
+        available = list_obs_keys(path)
+        obs_keys = default_obs_keys(obs_type, available)
+        if not obs_keys:
+            raise ValueError(f'{path}: no default obs keys for obs_type={obs_type!r} among {available}; '
+                             'pass obs_keys= explicitly')
+        if obs_type == 'image' and not any(k.endswith('_image') for k in obs_keys):
+            raise ValueError(f'{path}: obs_type="image" but the file has no *_image keys ({available}); render '
+                             'them with python -m envs.convert_states_to_obs')
+    else:
+        default_obs_keys(obs_type, [])   # validates obs_type
+    data = read_robomimic(path, obs_keys, action_key=action_key, ram_budget_gb=ram_budget_gb, storage=storage,
+                          cache_dir=cache_dir, valid_fraction=valid_fraction, seed=seed)
+    store = _Storage(data.obs, data.actions, data.rewards, data.dones)
+
+    def make(episodes, rng_seed):
+        return Dataset(store, data.starts[episodes], data.lengths[episodes], data.shape_meta, data.env_meta,
+                       seed=rng_seed)
+
+    train = make(data.train_episodes, seed)
+    valid = make(data.valid_episodes, seed + 1) if len(data.valid_episodes) else None
+    return train, valid
