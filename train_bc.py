@@ -27,6 +27,7 @@ from envs import env_utils
 from envs.evaluation import evaluate
 from utils.logging import CsvLogger, WandbLogger, write_video
 from utils.torch_utils import pick_device
+from utils.training import load_checkpoint
 
 FLAGS = flags.FLAGS
 
@@ -67,6 +68,9 @@ EXPERIMENT_FLAGS = ('env_name', 'dataset_path', 'offline_steps', 'log_interval',
                     'save_interval', 'eval_episodes', 'eval_max_steps', 'eval_workers', 'eval_seed',
                     'video_episodes', 'seed',
                     'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device')
+
+
+VIDEO_FPS = 20  # robomimic control frequency
 
 
 class UserError(Exception):
@@ -116,6 +120,8 @@ def build_config(argv):
     for field in ('agent_name', 'obs_type', 'obs_steps', 'horizon_length', 'action_steps', 'batch_size'):
         if field not in config:
             raise UserError(f'--agent={FLAGS["agent"].config_filename}: config has no field {field!r}')
+    if config.get('lr_decay_steps', None) == -1:  # -1 means: decay over the whole run
+        config['lr_decay_steps'] = FLAGS.offline_steps
     return config
 
 
@@ -150,8 +156,12 @@ class Trainer:
             obs_keys=config.get('obs_keys'), seed=run_flags['seed'], build_envs=False,
             max_episode_steps=run_flags['eval_max_steps'])
         _, _, self.train_ds, self.val_ds = data
-        self.env_meta = env_utils.env_meta_of(self.train_ds)
         self.shape_meta = self.train_ds.shape_meta
+        self.env_info = {  # what evaluation needs to rebuild the env, stored in every checkpoint
+            'env_name': run_flags['env_name'],
+            'env_meta': self.train_ds.env_meta,  # env_args, render_quality, source_file
+            'max_episode_steps': env_utils.default_max_steps(run_flags['env_name']),
+        }
         if config.agent_name not in AGENTS:
             raise UserError(f'--agent: agent_name {config.agent_name!r} is not one of {sorted(AGENTS)}')
         agent_cls = AGENTS[config.agent_name]
@@ -164,7 +174,7 @@ class Trainer:
                                           seed=run_flags['seed'], device=self.device)
         else:
             self.agent = agent_cls.load(resume_from, device=self.device)
-            self._restore_trainer_state(load_extra(resume_from)['trainer'])
+            self._restore_trainer_state(self.agent.extra['trainer'])
         self.train_csv = CsvLogger(os.path.join(run_dir, 'train.csv'))
         self.eval_csv = CsvLogger(os.path.join(run_dir, 'eval.csv'))
         self.wandb = WandbLogger(run_flags['wandb_project'], run_flags['wandb_mode'], run_dir,
@@ -207,13 +217,11 @@ class Trainer:
             'trainer': self._trainer_state(),
             'config': self.config.to_dict(),
             'shape_meta': self.shape_meta,
-            'env_meta': self.env_meta,
+            'env': self.env_info,
             'flags': self.flags,
             'code_version': git_version(),
         }
-        tmp = path + '.tmp'
-        self.agent.save(tmp, extra=extra)
-        os.replace(tmp, path)
+        self.agent.save(path, extra=extra, overwrite=True)  # atomic: written to a temp file, then renamed
         return path
 
     # ---- loop --------------------------------------------------------------------------------------------
@@ -221,8 +229,7 @@ class Trainer:
         """Losses on one batch of the valid split (no update)."""
         if self.val_ds is None or len(self.val_ds) == 0:
             return {}
-        batch = self.sample(self.val_ds)
-        info = self.agent.evaluate_loss(batch)
+        info = validation_losses(self.agent, self.sample(self.val_ds))
         return {f'val/{k}': v for k, v in scalars(info).items()}
 
     def sample(self, dataset):
@@ -233,7 +240,7 @@ class Trainer:
     def run_eval(self):
         """Evaluate the agent (EMA weights, eval mode) and log eval.csv / wandb / videos."""
         f = self.flags
-        stats, videos = run_evaluation(self.agent, self.config, self.env_meta, f)
+        stats, videos = run_evaluation(self.agent, self.config, self.shape_meta, self.env_info, f)
         row = {'step': self.step, **stats}
         self.eval_csv.log(row)
         self.wandb.log({f'eval/{k}': v for k, v in stats.items()}, step=self.step)
@@ -241,7 +248,7 @@ class Trainer:
             folder = os.path.join(self.run_dir, 'videos')
             os.makedirs(folder, exist_ok=True)
             paths = [write_video(os.path.join(folder, f'step{self.step:08d}_ep{k}.mp4'), v,
-                                 fps=self.env_meta.get('control_freq', 20)) for k, v in enumerate(videos)]
+                                 fps=VIDEO_FPS) for k, v in enumerate(videos)]
             self.wandb.log_videos('eval/video', paths, step=self.step)
         tqdm.tqdm.write(f'step {self.step}: success_rate={stats["success_rate"]:.3f} '
                         f'episode_length={stats["episode_length"]:.1f} ({stats["num_episodes"]} episodes)')
@@ -288,12 +295,22 @@ class Trainer:
         return 0
 
 
-def run_evaluation(agent, config, env_meta, f):
-    """Evaluate `agent` in the env described by `env_meta` with the flags in dict `f`."""
-    max_steps = f['eval_max_steps'] or env_meta['max_episode_steps']
+def validation_losses(agent, batch):
+    """The agent's training losses on a held-out raw batch; no update, the training RNG is left as it was."""
+    rng_state = agent.rng.get_state()
+    with torch.no_grad():
+        _, info = agent.total_loss(agent.prepare_batch(batch))
+    agent.rng.set_state(rng_state)
+    return info
+
+
+def run_evaluation(agent, config, shape_meta, env_info, f):
+    """Evaluate `agent` in the env described by `env_info` with the flags in dict `f`."""
+    max_steps = f['eval_max_steps'] or env_info['max_episode_steps']
     episodes = f['eval_episodes']
     workers = f['eval_workers'] or min(episodes, os.cpu_count() or 1)
-    env_fn = env_utils.EnvFactory(env_meta, max_episode_steps=max_steps)
+    env_fn = env_utils.EnvFactory(env_info['env_meta'], shape_meta, max_steps,
+                                  enable_render=f['video_episodes'] > 0)
     calls = iter(range(1 << 62))
 
     def policy(obs):  # obs: dict of (B, To, ...) numpy -> (B, Tp, A) numpy
@@ -310,8 +327,9 @@ def load_extra(path):
     """The trainer's metadata stored in a checkpoint file."""
     if not os.path.isfile(path):
         raise UserError(f'checkpoint {path!r} does not exist')
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    if not isinstance(ckpt, dict) or 'extra' not in ckpt or 'trainer' not in (ckpt['extra'] or {}):
+    ckpt = load_checkpoint(path)
+    extra = ckpt.get('extra') if isinstance(ckpt, dict) else None
+    if not isinstance(extra, dict) or 'trainer' not in extra:
         raise UserError(f'{path!r} is not a train_bc.py checkpoint (no trainer metadata)')
     return ckpt['extra']
 
@@ -339,12 +357,12 @@ def eval_only():
             f[name] = getattr(FLAGS, name)
     config = type(FLAGS.agent)(extra['config'])
     agent = AGENTS[config.agent_name].load(path, device=pick_device(f['device']))
-    stats, videos = run_evaluation(agent, config, extra['env_meta'], f)
+    stats, videos = run_evaluation(agent, config, extra['shape_meta'], extra['env'], f)
     out = new_run_dir(FLAGS.save_dir, f['run_group'], 'eval_' + os.path.basename(os.path.dirname(
         os.path.dirname(os.path.abspath(path)))))
     CsvLogger(os.path.join(out, 'eval.csv')).log({'step': extra['trainer']['step'], **stats})
     for k, v in enumerate(videos):
-        write_video(os.path.join(out, f'ep{k}.mp4'), v, fps=extra['env_meta'].get('control_freq', 20))
+        write_video(os.path.join(out, f'ep{k}.mp4'), v, fps=VIDEO_FPS)
     print(json.dumps({'checkpoint': path, 'step': extra['trainer']['step'], **stats, 'eval_dir': out}))
     return 0
 

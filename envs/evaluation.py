@@ -15,9 +15,9 @@ from envs.wrappers import ChunkedRollout
 
 
 def video_frame(env, obs):
-    """One HWC uint8 frame: `env.render_frame()` when the env has it, else the first CHW image observation."""
-    if hasattr(env, 'render_frame'):
-        return np.asarray(env.render_frame())
+    """One HWC uint8 frame: `env.render()` if the env renders off-screen, else the first CHW image obs."""
+    if getattr(env, 'enable_render', False):
+        return np.asarray(env.render())
     for key in sorted(obs):
         value = np.asarray(obs[key])
         if value.dtype == np.uint8 and value.ndim == 3:

@@ -1,0 +1,74 @@
+"""One call from an env name to (env, eval_env, train_dataset, val_dataset), as in the seed.
+
+    env, eval_env, train, valid = make_env_and_datasets('lift-scripted-low_dim')
+
+The name is parsed once (`envs.robomimic_utils.parse_env_name`); the file is found under
+$ROBOMIMIC_DATA_DIR or given by `dataset_path`; a missing scripted file is generated on first use
+(`envs.generate_demos`), with progress shown. Envs are built from the file's own `env_args`.
+"""
+
+import sys
+
+from envs.robomimic_utils import get_dataset_path, max_episode_steps, parse_env_name, scripted_dataset_path
+
+__all__ = ['EnvFactory', 'make_env_and_datasets', 'parse_env_name', 'ensure_dataset']
+
+# Demos generated on first use of a scripted env name when no file exists yet.
+DEFAULT_SCRIPTED_DEMOS = {'low_dim': 200, 'image': 100}
+
+
+class EnvFactory:
+    """Picklable recipe for a `RobosuiteEnv` (evaluation workers call it to build their own env)."""
+
+    def __init__(self, env_meta, shape_meta, max_episode_steps, enable_render=False, hard_reset=False):
+        self.kwargs = dict(env_meta=env_meta, shape_meta=shape_meta, max_episode_steps=int(max_episode_steps),
+                           enable_render=enable_render, hard_reset=hard_reset)
+
+    def __call__(self):
+        """Build the env."""
+        from envs.robosuite_env import RobosuiteEnv
+
+        return RobosuiteEnv(**self.kwargs)
+
+
+def ensure_dataset(env_name, dataset_path=None, num_demos=None, seed=0, workers=None):
+    """Path of the dataset file; a scripted name with no file yet generates one (progress on stderr)."""
+    parsed = parse_env_name(env_name)
+    if dataset_path is not None or parsed.dataset_type != 'scripted':
+        return get_dataset_path(parsed, dataset_path)
+    path = scripted_dataset_path(parsed.task, parsed.obs_type)
+    if not path.is_file():
+        from envs.generate_demos import generate_demos
+
+        n = num_demos or DEFAULT_SCRIPTED_DEMOS[parsed.obs_type]
+        print(f'{env_name}: no dataset at {path}; generating {n} scripted demos (first use only)',
+              file=sys.stderr)
+        generate_demos(task=parsed.task, num_demos=n, obs=parsed.obs_type, output=str(path), seed=seed,
+                       workers=workers)
+    return get_dataset_path(parsed, path)
+
+
+def make_env_and_datasets(env_name, dataset_path=None, obs_type=None, obs_keys=None, seed=0, build_envs=True,
+                          max_episode_steps=None, **dataset_kwargs):
+    """Return (env, eval_env, train_dataset, val_dataset) for an env name (or an explicit `dataset_path`).
+
+    obs_type defaults to the name's ('low_dim' -> 'state', 'image' -> 'image'). val_dataset is None when the
+    file holds no valid episodes. With `build_envs=False` both envs are None (use `EnvFactory`).
+    Extra keyword arguments go to `utils.datasets.load_datasets` (ram_budget_gb, storage, ...).
+    """
+    from utils.datasets import load_datasets
+
+    parsed = parse_env_name(env_name)
+    obs_type = obs_type or ('image' if parsed.is_image else 'state')
+    path = ensure_dataset(parsed, dataset_path, seed=seed)
+    train, valid = load_datasets(path, obs_type, obs_keys=obs_keys, seed=seed, **dataset_kwargs)
+    env = eval_env = None
+    if build_envs:
+        factory = EnvFactory(train.env_meta, train.shape_meta, max_episode_steps or default_max_steps(parsed))
+        env, eval_env = factory(), factory()
+    return env, eval_env, train, valid
+
+
+def default_max_steps(env_name):
+    """Per-task episode step limit (400 / 500 / 700)."""
+    return max_episode_steps(parse_env_name(env_name))
