@@ -1,0 +1,98 @@
+"""MFBC: MeanFlow behaviour cloning. Learns the average velocity u(x, s, t) of the flow map X_{s,t}.
+
+Our convention (t = 0 noise, t = 1 data): u(x_s, s, t) = v(x_s, s) + (t - s) du/ds with
+du/ds = d_s u + (d_x u) v, computed as a forward-mode JVP along the tangent (v, 1, 0) (REFERENCE §1).
+"""
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from agents.fbc import BCAgent, _require
+from agents.fbc import get_config as get_fbc_config
+
+
+def get_config():
+    """MFBC hyperparameters: FBC's plus MeanFlow time sampling, adaptive weighting and the sampler."""
+    config = get_fbc_config()
+    config.agent_name = 'mfbc'  # registry key in agents.AGENTS
+    config.flow_ratio = 0.75  # fraction of the batch with s = t (plain flow matching there); MeanFlow's best
+    config.time_mu = 0.4  # logit-normal mean of the (s, t) draws, in our noise -> data convention
+    config.time_sigma = 1.0  # logit-normal std of the (s, t) draws
+    config.adaptive_p = 1.0  # adaptive loss weight 1 / (||err||^2 + c)^p; 0 disables the weighting
+    config.adaptive_c = 1e-2  # the c of the adaptive weight
+    config.sample_steps = 1  # flow-map steps at sampling time (1 = one-step generation)
+    return config
+
+
+def jvp_along_s(u_fn, x, s, t, dx):
+    """(u_fn(x, s, t), d/de u_fn(x + e dx, s + e, t)) via torch.func.jvp, using the math attention kernel
+    (flash / memory-efficient attention have no forward-mode AD). x, dx (B,...), s, t (B,)."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return torch.func.jvp(u_fn, (x, s, t), (dx, torch.ones_like(s), torch.zeros_like(t)))
+
+
+def meanflow_target(u_fn, x, s, t, v):
+    """MeanFlow regression target u_tgt = v + (t - s) * du/ds (no gradient) and the primal u_fn(x, s, t).
+
+    u_fn(x, s, t) -> u, x (B, ...) the point at time s, v (B, ...) the velocity at (x, s) used as tangent.
+    With the exact marginal velocity and the exact average velocity this returns u exactly.
+    """
+    u, du_ds = jvp_along_s(u_fn, x, s, t, v)
+    gap = (t - s).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, ..., 1)
+    return u, (v + gap * du_ds).detach()
+
+
+class MFBCAgent(BCAgent):
+    """MeanFlow BC: regress u_theta(x_s, s, t) onto the JVP target; sample with `sample_steps` map steps."""
+
+    name = 'mfbc'
+
+    @classmethod
+    def validate_config(cls, config):
+        """FBC's checks plus the MeanFlow fields."""
+        super().validate_config(config)
+        c = config
+        _require(0 <= c.flow_ratio <= 1, 'flow_ratio', c.flow_ratio, 'a float in [0, 1]')
+        _require(c.time_sigma > 0, 'time_sigma', c.time_sigma, 'a positive float')
+        _require(c.adaptive_p >= 0, 'adaptive_p', c.adaptive_p, 'a float >= 0 (0 = unweighted)')
+        _require(c.adaptive_c > 0, 'adaptive_c', c.adaptive_c, 'a positive float')
+        _require(int(c.sample_steps) >= 1, 'sample_steps', c.sample_steps, 'an integer >= 1')
+
+    def sample_times(self, batch_size, device):
+        """(s, t) with s <= t from two logit-normal draws; s = t on a `flow_ratio` fraction. Each (B,)."""
+        c = self.config
+        n = torch.randn((2, batch_size), device=device, generator=self.rng)
+        tt = torch.sigmoid(c.time_mu + c.time_sigma * n)  # (2, B)
+        s, t = tt.min(dim=0).values, tt.max(dim=0).values
+        same = torch.rand(batch_size, device=device, generator=self.rng) < c.flow_ratio
+        s = torch.where(same, t, s)
+        return s, t
+
+    def weighted_mean(self, err):
+        """Mean of per-sample squared errors err (B,) with the adaptive weight 1 / stopgrad(err + c)^p."""
+        p, c = self.config.adaptive_p, self.config.adaptive_c
+        if p == 0:
+            return err.mean()
+        return (err / (err.detach() + c).pow(p)).mean()
+
+    def flow_loss(self, net, cond, actions):
+        """MeanFlow loss || u_theta(x_s, s, t) - sg(v_cond + (t - s) du/ds) ||^2, tangent (v_cond, 1, 0)."""
+        s, t = self.sample_times(actions.shape[0], actions.device)
+        z = self.randn_like(actions)
+        sb = s[:, None, None]
+        x_s = (1 - sb) * z + sb * actions
+        v = actions - z
+        u, target = meanflow_target(lambda x_, s_, t_: net(x_, s_, t_, cond)[0], x_s, s, t, v)
+        err = (u - target).pow(2).flatten(1).sum(1)  # (B,): summed over the chunk
+        loss = self.weighted_mean(err)
+        return loss, {'actor/meanflow_loss': loss.detach(), 'actor/meanflow_mse': err.detach().mean()}
+
+    def sample_chunk(self, model, cond, z, generator):
+        """Apply the learned flow map X_{s,t}(x) = x + (t - s) u(x, s, t) on a uniform grid from 0 to 1."""
+        net, steps = model['actor'], int(self.config.sample_steps)
+        x = z
+        for i in range(steps):
+            s = torch.full((z.shape[0],), i / steps, device=z.device, dtype=z.dtype)
+            t = torch.full((z.shape[0],), (i + 1) / steps, device=z.device, dtype=z.dtype)
+            x = x + (1.0 / steps) * net(x, s, t, cond)[0]
+        return x.clamp(-1, 1)
