@@ -1,6 +1,7 @@
 """Agent registry: a plain dict from name to agent class."""
 
 from agents.fbc import BCAgent
+from agents.fql import FQLAgent
 from agents.imfbc import IMFBCAgent
 from agents.mfbc import MFBCAgent
 
@@ -8,4 +9,5 @@ AGENTS = {
     'fbc': BCAgent,
     'mfbc': MFBCAgent,
     'imfbc': IMFBCAgent,
+    'fql': FQLAgent,
 }
