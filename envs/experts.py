@@ -86,7 +86,7 @@ class LiftExpert(WaypointExpert):
 
 
 class CanExpert(WaypointExpert):
-    """PickPlaceCan: approach from the strategy's side, grasp the can, carry it over its bin, release, retreat."""
+    """PickPlaceCan: approach from the strategy's side, grasp, carry over the bin, release, retreat."""
 
     def can(self):
         """Can position."""

@@ -136,7 +136,8 @@ def demo_slot(env, task, seed, slot, multimodal, max_attempts):
         success, ep = run_episode(env, task, env_seed, strategy)
         if success:
             return ep, {'strategy': strategy, 'env_seed': env_seed, 'attempts': attempt + 1}
-    raise RuntimeError(f'{task}: the scripted expert failed {max_attempts} attempts for demo {slot} (seed {seed})')
+    raise RuntimeError(f'{task}: the scripted expert failed {max_attempts} attempts for demo {slot} '
+                       f'(seed {seed})')
 
 
 _WORKER = {}
@@ -213,7 +214,8 @@ def generate_demos(task, num_demos, obs_type, out_path=None, seed=0, workers=1, 
             data.attrs['env_args'] = json.dumps(spec['env_meta']['env_args'])
             data.attrs['acfql_render'] = json.dumps({'quality': render_quality})
             data.attrs['acfql_generator'] = json.dumps(
-                {'task': task, 'seed': seed, 'multimodal': multimodal, 'expert_success_rate': num_demos / attempts})
+                {'task': task, 'seed': seed, 'multimodal': multimodal,
+                 'expert_success_rate': num_demos / attempts})
             order = np.random.default_rng(seed).permutation(num_demos)
             n_valid = int(round(VALID_FRACTION * num_demos)) if num_demos > 1 else 0
             n_valid = max(n_valid, 1) if num_demos > 1 else 0
@@ -234,7 +236,8 @@ def main(argv=None):
     p.add_argument('--task', required=True, choices=sorted(TASK_SPECS))
     p.add_argument('--num_demos', type=int, default=100)
     p.add_argument('--obs', default='low_dim', choices=sorted(OBS_TYPE_ALIASES))
-    p.add_argument('--out', default=None, help='output hdf5 (default <$ROBOMIMIC_DATA_DIR>/<task>/scripted/...)')
+    p.add_argument('--out', default=None,
+                   help='output hdf5 (default <$ROBOMIMIC_DATA_DIR>/<task>/scripted/...)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--workers', type=int, default=1)
     p.add_argument('--render', default='cheap', choices=['cheap', 'default'],

@@ -29,7 +29,7 @@ _OWNED_KWARGS = ('has_renderer', 'has_offscreen_renderer', 'use_camera_obs', 'ig
 
 def _as_list(value, n, what, source):
     """Broadcast a scalar camera setting to n cameras, or check a list has length n."""
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list | tuple):
         if len(value) != n:
             raise ValueError(f'{source}: env_args env_kwargs.{what} has {len(value)} entries, expected {n}')
         return list(value)
@@ -37,7 +37,7 @@ def _as_list(value, n, what, source):
 
 
 def is_flat_controller_config(cfg):
-    """True for a robosuite <= 1.4 controller config ({'type': 'OSC_POSE', ...}) rather than a composite one."""
+    """True for a robosuite <= 1.4 flat controller config ({'type': 'OSC_POSE', ...}), not a composite one."""
     return isinstance(cfg, dict) and 'body_parts' not in cfg and cfg.get('type') not in (
         'BASIC', 'WHOLE_BODY_IK', 'WHOLE_BODY_MINK_IK', 'HYBRID_MOBILE_BASE')
 
@@ -51,7 +51,7 @@ def convert_controller_configs(controller_configs, robots, source='env_args'):
         raise ValueError(f'{source}: env_args env_kwargs has no controller_configs')
     if not is_flat_controller_config(controller_configs):
         return copy.deepcopy(controller_configs)
-    robot = robots[0] if isinstance(robots, (list, tuple)) else robots
+    robot = robots[0] if isinstance(robots, list | tuple) else robots
     return refactor_composite_controller_config(copy.deepcopy(controller_configs), robot, ['right'])
 
 
@@ -61,16 +61,17 @@ def camera_keys(shape_meta):
 
 
 def build_env_kwargs(env_args, shape_meta, enable_render=False, hard_reset=False, source='env_args'):
-    """Turn a file's env_args into (env_name, kwargs for robosuite.make) that produce shape_meta's observations."""
+    """Turn a file's env_args into (env_name, robosuite.make kwargs) producing shape_meta's observations."""
     if 'env_name' not in env_args or 'env_kwargs' not in env_args:
-        raise ValueError(f'{source}: env_args must hold "env_name" and "env_kwargs", got keys {sorted(env_args)}')
+        raise ValueError(f'{source}: env_args must hold "env_name" and "env_kwargs", '
+                         f'got keys {sorted(env_args)}')
     file_kwargs = dict(env_args['env_kwargs'])
     kwargs = {k: v for k, v in file_kwargs.items() if k not in _OWNED_KWARGS}
     flat = is_flat_controller_config(file_kwargs.get('controller_configs'))
     kwargs['controller_configs'] = convert_controller_configs(
         file_kwargs.get('controller_configs'), file_kwargs.get('robots', 'Panda'), source)
-    # robosuite draws model randomization (e.g. Lift's cube size) from env.rng when the model is built: a fixed
-    # seed makes every process build the same model as the one the data was generated with.
+    # robosuite draws model randomization (e.g. Lift's cube size) from env.rng when the model is built:
+    # a fixed seed makes every process build the same model as the one the data was generated with.
     kwargs.setdefault('seed', 0)
     if flat and 'lite_physics' not in kwargs:
         kwargs['lite_physics'] = False  # robosuite <= 1.4 stepped with a full forward pass (no lite physics)
@@ -248,7 +249,8 @@ class RobosuiteEnv:
         """Apply one action; returns (obs, reward, done, info) with info['success']."""
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (self.action_dim,):
-            raise ValueError(f'action has shape {action.shape}, env {self.env_name} expects ({self.action_dim},)')
+            raise ValueError(f'action has shape {action.shape}, env {self.env_name} expects '
+                             f'({self.action_dim},)')
         self._sync_render()
         raw_obs, reward, _, info = self.raw.step(action)
         self._steps += 1
@@ -262,7 +264,8 @@ class RobosuiteEnv:
     def render(self, camera='agentview', height=256, width=256):
         """Render a camera for videos: uint8 (H, W, 3), upright."""
         if self.raw.sim._render_context_offscreen is None:
-            raise RuntimeError(f'{self.env_name}: no off-screen renderer; build the env with enable_render=True')
+            raise RuntimeError(f'{self.env_name}: no off-screen renderer; build the env with '
+                               'enable_render=True')
         self._sync_render()
         img = self.raw.sim.render(width=width, height=height, camera_name=camera)
         return np.ascontiguousarray(img[::-1])
