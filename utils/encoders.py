@@ -5,10 +5,11 @@ Images arrive as uint8 (B, To, C, H, W); the image encoder moves them to its dev
 float and scales them to [-1, 1] exactly once.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from utils.network_utils import mlp
 
@@ -54,13 +55,18 @@ def _module_device(module: nn.Module) -> torch.device:
     return torch.device('cpu')
 
 
+def _get_obs(obs: dict, key: str):
+    """obs[key], or a KeyError naming the missing key and the keys present."""
+    if key not in obs:
+        raise KeyError(f'observation key {key!r} (from shape_meta) is missing; got keys {sorted(obs)}')
+    return obs[key]
+
+
 def _low_dim_features(obs: dict, keys: Sequence[str], shape_meta: dict, device) -> torch.Tensor:
     """Concatenate low-dim keys: dict of (B, To, Dk) -> (B, To, sum Dk) float32 on device."""
     parts = []
     for k in keys:
-        if k not in obs:
-            raise KeyError(f'observation key {k!r} (from shape_meta) is missing; got keys {sorted(obs)}')
-        v = torch.as_tensor(obs[k]).to(device=device, dtype=torch.float32)
+        v = torch.as_tensor(_get_obs(obs, k)).to(device=device, dtype=torch.float32)
         if v.dim() != 3 or v.shape[-1] != shape_meta['obs'][k]['shape'][0]:
             raise ValueError(f'observation {k!r} must be (B, To, {shape_meta["obs"][k]["shape"][0]}), '
                              f'got {tuple(v.shape)}')
@@ -109,3 +115,171 @@ class MLPEncoder(nn.Module):
         """dict of (B, To, Dk) -> (B, To, D)."""
         h = _low_dim_features(obs, self.keys, self.shape_meta, _module_device(self))
         return self.dropout(self.net(h))
+
+
+def replace_batchnorm_with_groupnorm(module: nn.Module, channels_per_group: int = 16) -> nn.Module:
+    """Replace every BatchNorm2d in `module` (in place) by GroupNorm(C / channels_per_group, C)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            c = child.num_features
+            setattr(module, name, nn.GroupNorm(max(1, c // channels_per_group), c))
+        else:
+            replace_batchnorm_with_groupnorm(child, channels_per_group)
+    return module
+
+
+class _ImpalaResidual(nn.Module):
+    """IMPALA residual block: x + conv(relu(conv(relu(x))))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, H, W)."""
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class ImpalaCNN(nn.Module):
+    """Small IMPALA-style CNN (conv, max-pool, two residual blocks per stage) -> Linear -> (N, out_dim)."""
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int] = (16, 32, 32),
+                 out_dim: int = 256):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = input_shape[0]
+        for c in channels:
+            layers += [nn.Conv2d(prev, c, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
+                       _ImpalaResidual(c), _ImpalaResidual(c)]
+            prev = c
+        self.stages = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = self.stages(torch.zeros(1, *input_shape)).numel()
+        self.head = nn.Linear(flat, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float -> (N, out_dim)."""
+        h = F.relu(self.stages(x)).flatten(1)  # (N, C' * H' * W')
+        return F.relu(self.head(h))
+
+
+def random_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An independent random (h, w) window of every image: (N, C, H, W) -> (N, C, h, w)."""
+    n, c, height, width = images.shape
+    h, w = size
+    dev = images.device
+    top = torch.randint(0, height - h + 1, (n,), device=dev)
+    left = torch.randint(0, width - w + 1, (n,), device=dev)
+    rows = (top[:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None]  # (N, 1, h, 1)
+    cols = (left[:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :]  # (N, 1, 1, w)
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    return images[batch, chan, rows, cols]  # (N, C, h, w)
+
+
+def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The central (h, w) window of every image: (N, C, H, W) -> (N, C, h, w)."""
+    height, width = images.shape[-2:]
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    return images[..., top:top + size[0], left:left + size[1]]
+
+
+class MultiImageObsEncoder(nn.Module):
+    """Encodes rgb cameras with a CNN backbone each (or one shared) plus the low-dim keys: -> (B, To, D).
+
+    Per camera: uint8 (B, To, 3, H, W) -> device -> float in [-1, 1] (the only normalisation) ->
+    optional resize -> random crop (train) / center crop (eval) -> backbone features. D is the sum of
+    the per-camera feature sizes plus the low-dim sizes; dropout is applied to the concatenation.
+    `make_backbone((C, h, w))` returns a module mapping (N, C, h, w) to (N, F).
+    """
+
+    def __init__(self, shape_meta: dict, make_backbone: Callable[[tuple], nn.Module],
+                 share_backbone: bool = False, resize_shape: Sequence[int] | None = None,
+                 crop_shape: Sequence[int] | None = None, random_crop: bool = True, dropout: float = 0.0,
+                 use_group_norm: bool = True):
+        super().__init__()
+        validate_shape_meta(shape_meta)
+        self.shape_meta = shape_meta
+        self.rgb_keys = rgb_keys(shape_meta)
+        self.low_dim_keys = low_dim_keys(shape_meta)
+        if not self.rgb_keys:
+            raise ValueError('an image encoder needs at least one rgb key in shape_meta; '
+                             'use encoder "identity" or "mlp" for low-dim observations')
+        self.resize_shape = tuple(resize_shape) if resize_shape is not None else None
+        if self.resize_shape is not None and len(self.resize_shape) != 2:
+            raise ValueError(f'resize_shape must be (H, W), got {resize_shape}')
+        self.crop_shapes = {}
+        for key in self.rgb_keys:
+            height, width = self.resize_shape or tuple(shape_meta['obs'][key]['shape'][1:])
+            crop = tuple(crop_shape) if crop_shape is not None else (round(0.9 * height), round(0.9 * width))
+            if len(crop) != 2 or not (0 < crop[0] <= height and 0 < crop[1] <= width):
+                raise ValueError(f'crop_shape {crop} does not fit inside the {height}x{width} images '
+                                 f'of {key!r}')
+            self.crop_shapes[key] = crop
+        self.random_crop = random_crop
+        self.share_backbone = share_backbone
+        if share_backbone and len(set(self.crop_shapes.values())) > 1:
+            raise ValueError('share_backbone=True needs equal crop sizes for all cameras, '
+                             f'got {self.crop_shapes}')
+
+        def build(key):
+            net = make_backbone((3, *self.crop_shapes[key]))
+            return replace_batchnorm_with_groupnorm(net) if use_group_norm else net
+
+        if share_backbone:
+            self.backbone = build(self.rgb_keys[0])
+        else:
+            self.backbones = nn.ModuleDict({k: build(k) for k in self.rgb_keys})
+        self.dropout = nn.Dropout(dropout)
+        self.feature_dims = {}
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            for k in self.rgb_keys:
+                probe = torch.zeros(1, 3, *self.crop_shapes[k])
+                self.feature_dims[k] = self._backbone(k)(probe).shape[-1]
+        self.train(was_training)
+        low = sum(shape_meta['obs'][k]['shape'][0] for k in self.low_dim_keys)
+        self.output_dim = sum(self.feature_dims.values()) + low
+
+    def _backbone(self, key: str) -> nn.Module:
+        """The backbone used for camera `key`."""
+        return self.backbone if self.share_backbone else self.backbones[key]
+
+    def preprocess(self, images: torch.Tensor, key: str) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> float (N, 3, h, w) in [-1, 1], resized and cropped."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f'image {key!r} must arrive as uint8 (the encoder normalises it once), '
+                            f'got {images.dtype}')
+        x = images.float() / 127.5 - 1.0
+        if self.resize_shape is not None:
+            x = F.interpolate(x, size=self.resize_shape, mode='bilinear', align_corners=False, antialias=True)
+        crop = self.crop_shapes[key]
+        if self.training and self.random_crop:
+            return random_crop(x, crop)
+        return center_crop(x, crop)
+
+    def forward(self, obs: dict) -> torch.Tensor:
+        """dict of (B, To, 3, H, W) uint8 and (B, To, Dk) float -> (B, To, D)."""
+        device = _module_device(self)
+        b, to = _get_obs(obs, self.rgb_keys[0]).shape[:2]
+        images = {}
+        for key in self.rgb_keys:
+            img = torch.as_tensor(_get_obs(obs, key))
+            expected = (b, to, *self.shape_meta['obs'][key]['shape'])
+            if tuple(img.shape) != expected:
+                raise ValueError(f'observation {key!r} must be {expected} (B, To, C, H, W), '
+                                 f'got {tuple(img.shape)}')
+            img = img.to(device).reshape(b * to, *expected[2:])  # (B*To, 3, H, W)
+            images[key] = self.preprocess(img, key)
+        if self.share_backbone:
+            stacked = torch.cat([images[k] for k in self.rgb_keys], dim=0)  # (K*B*To, 3, h, w)
+            feats = list(self.backbone(stacked).split(b * to, dim=0))  # K x (B*To, F)
+        else:
+            feats = [self.backbones[k](images[k]) for k in self.rgb_keys]  # K x (B*To, F)
+        if self.low_dim_keys:
+            low = _low_dim_features(obs, self.low_dim_keys, self.shape_meta, device)  # (B, To, L)
+            feats.append(low.reshape(b * to, -1))
+        h = self.dropout(torch.cat(feats, dim=-1))  # (B*To, D)
+        return h.reshape(b, to, -1)  # (B, To, D)

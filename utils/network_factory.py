@@ -5,11 +5,24 @@ Agents merge `get_network_config()` into their flat config (so `--agent.model_di
 fields: `shape_meta` (filled from the dataset), `obs_steps` (To) and `horizon_length` (Tp).
 """
 
+import os
+
 import ml_collections
+import torch
 import torch.nn as nn
+import torchvision
 from ml_collections import config_dict
 
-from utils.encoders import IdentityEncoder, MLPEncoder, rgb_keys, validate_shape_meta
+from utils.encoders import (
+    IdentityEncoder,
+    ImpalaCNN,
+    MLPEncoder,
+    MultiImageObsEncoder,
+    rgb_keys,
+    validate_shape_meta,
+)
+from utils.networks.chitransformer import ChiTransformer
+from utils.networks.chiunet import ChiUNet
 from utils.networks.mlp import MLP
 from utils.networks.value import Value
 
@@ -61,6 +74,8 @@ def get_network_config() -> ml_collections.ConfigDict:
 
 NETWORKS = {
     'mlp': MLP,
+    'chiunet': ChiUNet,
+    'chitransformer': ChiTransformer,
 }
 
 LOW_DIM_ENCODERS = {
@@ -68,7 +83,14 @@ LOW_DIM_ENCODERS = {
     'mlp': MLPEncoder,
 }
 
-IMAGE_ENCODERS: dict = {}
+RESNETS = {
+    'resnet18': torchvision.models.resnet18,
+    'resnet34': torchvision.models.resnet34,
+    'resnet50': torchvision.models.resnet50,
+}
+
+# Image encoders are MultiImageObsEncoder around one of these backbones.
+IMAGE_BACKBONES = sorted([*RESNETS, 'impala'])
 
 
 def _field(config, key: str):
@@ -102,7 +124,7 @@ def encoder_name(config) -> str:
     name = _field(config, 'encoder')
     if name is None:
         return 'resnet18' if rgb_keys(_shape_meta(config)) else 'identity'
-    valid = sorted(set(LOW_DIM_ENCODERS) | set(IMAGE_ENCODERS))
+    valid = sorted(set(LOW_DIM_ENCODERS) | set(IMAGE_BACKBONES))
     if name not in valid:
         raise ValueError(f'config.encoder={name!r} is unknown; valid names: {valid} '
                          '(or None to pick from shape_meta)')
@@ -119,7 +141,40 @@ def get_encoder(config) -> nn.Module:
     if name == 'mlp':
         hidden_dims = tuple(_field(config, 'encoder_hidden_dims'))
         return MLPEncoder(shape_meta, hidden_dims=hidden_dims, dropout=dropout)
-    return IMAGE_ENCODERS[name](config, shape_meta)
+    return MultiImageObsEncoder(
+        shape_meta,
+        make_backbone=_backbone_builder(config, name),
+        share_backbone=_field(config, 'share_backbone'),
+        resize_shape=_field(config, 'resize_shape'),
+        crop_shape=_field(config, 'crop_shape'),
+        random_crop=_field(config, 'random_crop'),
+        dropout=dropout,
+        use_group_norm=_field(config, 'use_group_norm'),
+    )
+
+
+def _backbone_builder(config, name: str):
+    """A function input_shape (C, h, w) -> image backbone module for the encoder `name`."""
+    if name == 'impala':
+        channels = tuple(_field(config, 'impala_channels'))
+        out_dim = _positive_int(config, 'impala_out_dim')
+        return lambda input_shape: ImpalaCNN(input_shape, channels=channels, out_dim=out_dim)
+    path = _field(config, 'pretrained_path')
+    if path is not None and not os.path.isfile(path):
+        raise FileNotFoundError(
+            f'config.pretrained_path={path!r}: no such file. Pretrained {name} weights are never downloaded; '
+            'save a torchvision state_dict there or leave pretrained_path=None (random init)'
+        )
+
+    def make(input_shape):
+        net = RESNETS[name](weights=None)
+        if path is not None:
+            # Loaded before BatchNorm is swapped for GroupNorm (use_group_norm), which re-initialises norms.
+            net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+        net.fc = nn.Identity()  # (N, 3, h, w) -> (N, 512) for resnet18/34, (N, 2048) for resnet50
+        return net
+
+    return make
 
 
 def _network_kwargs(config, name: str) -> dict:
@@ -129,6 +184,19 @@ def _network_kwargs(config, name: str) -> dict:
     if name == 'mlp':
         return dict(common, hidden_dims=tuple(_field(config, 'mlp_hidden_dims')),
                     layer_norm=_field(config, 'mlp_layer_norm'))
+    if name == 'chiunet':
+        return dict(common, model_dim=_positive_int(config, 'model_dim'),
+                    dim_mult=tuple(_field(config, 'dim_mult')),
+                    kernel_size=_positive_int(config, 'kernel_size'),
+                    n_groups=_positive_int(config, 'n_groups'),
+                    cond_predict_scale=_field(config, 'cond_predict_scale'),
+                    obs_as_global_cond=_field(config, 'obs_as_global_cond'))
+    if name == 'chitransformer':
+        return dict(common, d_model=_positive_int(config, 'd_model'),
+                    n_heads=_positive_int(config, 'n_heads'),
+                    num_layers=_positive_int(config, 'num_layers'),
+                    dropout=_field(config, 'transformer_dropout'),
+                    attention_impl=_field(config, 'attention_impl'))
     raise AssertionError(name)
 
 
