@@ -37,13 +37,13 @@ def is_rgb_key(key: str) -> bool:
 
 @dataclasses.dataclass
 class RobomimicData:
-    """Every demo of a file concatenated along steps; episode e holds rows starts[e] .. starts[e]+lengths[e]-1."""
+    """Every demo of a file concatenated along steps; episode e holds rows starts[e] .. + lengths[e] - 1."""
 
     path: Path
     demo_names: list          # sorted by integer suffix
     starts: np.ndarray        # (E,) int64
     lengths: np.ndarray       # (E,) int64
-    obs: dict                 # key -> (N, *shape): rgb uint8 (N, 3, H, W) ndarray or DiskArray; low_dim float32
+    obs: dict                 # key -> (N, *shape): rgb uint8 (N, 3, H, W) array/DiskArray; low_dim float32
     actions: np.ndarray       # (N, A) float32
     rewards: np.ndarray       # (N,) float32
     dones: np.ndarray         # (N,) float32
@@ -55,7 +55,7 @@ class RobomimicData:
 
 
 class DiskArray:
-    """Read-only (N, *row_shape) array in a .npy file, gathered row by row with pread (no mmap, bounded RSS)."""
+    """Read-only (N, *row_shape) array in a .npy file, gathered with pread (no mmap, so bounded RSS)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -121,15 +121,17 @@ def _open(path) -> h5py.File:
     try:
         return h5py.File(path, 'r')
     except OSError as e:
-        raise RobomimicFileError(f'{path}: cannot open as hdf5 (truncated, corrupt or not an hdf5 file): {e}') from e
+        raise RobomimicFileError(
+            f'{path}: cannot open as hdf5 (truncated, corrupt or not an hdf5 file): {e}') from e
 
 
-def _read(path, dataset, sel=slice(None)) -> np.ndarray:
+def _read(path, dataset, sel=Ellipsis) -> np.ndarray:
     """Read dataset[sel], turning h5py's OSError (truncated / corrupt data) into our message."""
     try:
         return dataset[sel]
     except OSError as e:
-        raise RobomimicFileError(f'{path}: cannot read {dataset.name} (truncated or corrupt file?): {e}') from e
+        raise RobomimicFileError(
+            f'{path}: cannot read {dataset.name} (truncated or corrupt file?): {e}') from e
 
 
 def _sorted_demo_names(path, data) -> list:
@@ -146,7 +148,8 @@ def _sorted_demo_names(path, data) -> list:
 
 def _data_group(path, f) -> h5py.Group:
     if 'data' not in f or not isinstance(f['data'], h5py.Group):
-        raise RobomimicFileError(f"{path}: no 'data' group (not a robomimic file?); top-level keys: {list(f.keys())}")
+        raise RobomimicFileError(
+            f"{path}: no 'data' group (not a robomimic file?); top-level keys: {list(f.keys())}")
     return f['data']
 
 
@@ -194,7 +197,8 @@ def _check_demo(path, demo, obs_keys, action_key) -> int:
     """Validate one demo's keys, lengths and image dtypes; return its number of steps."""
     for key in (action_key, 'rewards', 'dones'):
         if key not in demo:
-            raise RobomimicFileError(f"{path}: {demo.name} has no '{key}' dataset (keys: {sorted(demo.keys())})")
+            raise RobomimicFileError(
+                f"{path}: {demo.name} has no '{key}' dataset (keys: {sorted(demo.keys())})")
     n = demo[action_key].shape[0]
     if n == 0:
         raise RobomimicFileError(f'{path}: {demo.name} is an empty demo (0 steps)')
@@ -203,7 +207,8 @@ def _check_demo(path, demo, obs_keys, action_key) -> int:
                                  'expected (steps, action_dim)')
     for key in ('rewards', 'dones'):
         if demo[key].shape[:1] != (n,):
-            raise RobomimicFileError(f'{path}: {demo.name}/{key} has shape {demo[key].shape}, expected ({n},)')
+            raise RobomimicFileError(
+                f'{path}: {demo.name}/{key} has shape {demo[key].shape}, expected ({n},)')
     if 'obs' not in demo:
         raise RobomimicFileError(f"{path}: {demo.name} has no 'obs' group")
     for key in obs_keys:
@@ -222,8 +227,8 @@ def _check_demo(path, demo, obs_keys, action_key) -> int:
                 raise RobomimicFileError(f'{path}: {demo.name}/obs/{key} has shape {ds.shape}; '
                                          'an image key must hold uint8 (steps, H, W, 3)')
         elif ds.ndim > 2:
-            raise RobomimicFileError(f'{path}: {demo.name}/obs/{key} has shape {ds.shape}; a low-dim key must be '
-                                     '(steps,) or (steps, dim) (image keys must end in _image)')
+            raise RobomimicFileError(f'{path}: {demo.name}/obs/{key} has shape {ds.shape}; a low-dim key '
+                                     'must be (steps,) or (steps, dim) (image keys must end in _image)')
     return n
 
 
@@ -294,8 +299,8 @@ def _load_cache_meta(path, cache) -> dict:
         return fresh
     if not meta_file.is_file():
         if any(cache.iterdir()):
-            raise RobomimicFileError(f'{path}: cache folder {cache} exists, is not empty and has no meta.json, so it '
-                                     'is not ours; move it away or pass cache_dir=')
+            raise RobomimicFileError(f'{path}: cache folder {cache} exists, is not empty and has no '
+                                     'meta.json, so it is not ours; move it away or pass cache_dir=')
         return fresh
     try:
         meta = json.loads(meta_file.read_text())
@@ -334,7 +339,7 @@ def _build_cache_key(path, data, demo_names, key, shape, total, out_file, chunk)
 
 def read_robomimic(path, obs_keys, action_key='actions', ram_budget_gb=4.0, storage='auto', cache_dir=None,
                    valid_fraction=0.1, seed=0, chunk_frames=256) -> RobomimicData:
-    """Read and validate every demo of a robomimic file; images go to RAM or the on-disk cache (see module doc)."""
+    """Read and validate every demo of a robomimic file; images go to RAM or to the on-disk cache."""
     if storage not in ('auto', 'ram', 'cache'):
         raise ValueError(f"storage={storage!r}; valid: 'auto', 'ram', 'cache'")
     path = Path(path)
@@ -344,20 +349,22 @@ def read_robomimic(path, obs_keys, action_key='actions', ram_budget_gb=4.0, stor
     with _open(path) as f:
         data = _data_group(path, f)
         demo_names = _sorted_demo_names(path, data)
-        lengths = np.array([_check_demo(path, data[n], obs_keys, action_key) for n in demo_names], dtype=np.int64)
+        lengths = np.array([_check_demo(path, data[n], obs_keys, action_key) for n in demo_names],
+                           dtype=np.int64)
         shape_meta = _shape_meta(data[demo_names[0]], obs_keys, action_key)
         for name in demo_names[1:]:   # every demo must agree with the first on shapes
             other = _shape_meta(data[name], obs_keys, action_key)
             if other != shape_meta:
-                raise RobomimicFileError(f'{path}: data/{name} has shapes {other}, but data/{demo_names[0]} has '
-                                         f'{shape_meta}')
+                raise RobomimicFileError(f'{path}: data/{name} has shapes {other}, but '
+                                         f'data/{demo_names[0]} has {shape_meta}')
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         total = int(lengths.sum())
 
         def concat(fetch, width):
             out = np.empty((total, width) if width else (total,), dtype=np.float32)
             for name, s, n in zip(demo_names, starts, lengths, strict=True):
-                out[s:s + n] = np.asarray(_read(path, fetch(data[name])), dtype=np.float32).reshape(out[s:s + n].shape)
+                values = np.asarray(_read(path, fetch(data[name])), dtype=np.float32)
+                out[s:s + n] = values.reshape(out[s:s + n].shape)   # (n,) -> (n, 1) for 1-D keys
             return out
 
         actions = concat(lambda d: d[action_key], shape_meta['action']['shape'][0])
@@ -395,6 +402,7 @@ def read_robomimic(path, obs_keys, action_key='actions', ram_budget_gb=4.0, stor
                 obs[key] = DiskArray(cache / entry['file'])
         train, valid = _split(path, f, demo_names, valid_fraction, seed)
         env_meta = _env_meta(path, data)
-    return RobomimicData(path=path, demo_names=demo_names, starts=starts, lengths=lengths, obs=obs, actions=actions,
-                         rewards=rewards, dones=dones, train_episodes=train, valid_episodes=valid,
+    return RobomimicData(path=path, demo_names=demo_names, starts=starts, lengths=lengths, obs=obs,
+                         actions=actions, rewards=rewards, dones=dones, train_episodes=train,
+                         valid_episodes=valid,
                          shape_meta=shape_meta, env_meta=env_meta, storage=mode)

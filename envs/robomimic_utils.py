@@ -3,7 +3,7 @@
 Public API:
     parse_env_name(name) -> EnvName            'lift-ph-image' -> EnvName('lift', 'ph', 'image')
     max_episode_steps(name_or_record) -> int    400 / 500 / 700, per task and data type
-    get_dataset_path(name, dataset_path=None)   finds the hdf5 under $ROBOMIMIC_DATA_DIR (default ~/.robomimic)
+    get_dataset_path(name, dataset_path=None)   the hdf5 under $ROBOMIMIC_DATA_DIR (default ~/.robomimic)
     scripted_dataset_path(task, obs_type)       where envs.generate_demos writes its files
     default_obs_keys(obs_type, available_keys)  the obs keys a model reads by default
     read_env_meta(path) / read_shape_meta(...)  see envs/hdf5_reader.py (re-exported here)
@@ -141,7 +141,7 @@ _PROPRIO_RE = re.compile(r'^robot\d+_(eef_pos|eef_quat|gripper_qpos)$')
 
 
 def default_obs_keys(obs_type: str, available_keys) -> list[str]:
-    """Default obs keys: state -> robot*_eef_pos/eef_quat/gripper_qpos + object; image -> *_image + proprio."""
+    """Default obs keys: state -> robot*_eef_pos/eef_quat/gripper_qpos, object; image -> *_image + proprio."""
     if obs_type in ('state', 'low_dim'):
         keys = [k for k in available_keys if _PROPRIO_RE.match(k) or k == 'object']
     elif obs_type == 'image':

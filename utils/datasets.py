@@ -57,7 +57,7 @@ class _Storage:
 
 
 class Dataset:
-    """Episodes of (obs, action, reward, done) steps, sampled as windows per the ARCHITECTURE.md batch contract."""
+    """Episodes of (obs, action, reward, done) steps, sampled as windows (ARCHITECTURE.md batch contract)."""
 
     def __init__(self, storage: _Storage, starts, lengths, shape_meta: dict, env_meta: dict, seed: int = 0):
         self._storage = storage
@@ -71,8 +71,8 @@ class Dataset:
 
     def _rebuild_tables(self):
         # One entry per sampleable step: its storage row, and the first / last row of its episode.
-        self._step_row = np.concatenate([np.arange(s, s + n) for s, n in zip(self._starts, self._lengths,
-                                                                               strict=True)] or [np.zeros(0, int)])
+        pairs = zip(self._starts, self._lengths, strict=True)
+        self._step_row = np.concatenate([np.arange(s, s + n) for s, n in pairs] or [np.zeros(0, np.int64)])
         self._step_first = np.repeat(self._starts, self._lengths)
         self._step_last = np.repeat(self._starts + self._lengths - 1, self._lengths)
 
@@ -94,8 +94,8 @@ class Dataset:
         """Observation keys, sorted (same as shape_meta['obs'])."""
         return list(self.shape_meta['obs'])
 
-    def sample_sequence(self, batch_size: int, sequence_length: int, obs_steps: int = 1, discount: float = 0.99,
-                        idxs=None) -> dict:
+    def sample_sequence(self, batch_size: int, sequence_length: int, obs_steps: int = 1,
+                        discount: float = 0.99, idxs=None) -> dict:
         """Sample windows at uniform steps i (or at step indices `idxs`); see ARCHITECTURE.md for the keys."""
         if sequence_length < 1 or obs_steps < 1:
             raise ValueError(f'sequence_length={sequence_length} and obs_steps={obs_steps} must be >= 1')
@@ -141,7 +141,7 @@ class Dataset:
         return {'min': values.min(axis=0).astype(np.float32), 'max': values.max(axis=0).astype(np.float32)}
 
     def add_episode(self, observations: dict, actions, rewards, dones):
-        """Append one episode (obs dict of (L, *shape) in shape_meta layout, actions (L, A), rewards/dones (L,))."""
+        """Append an episode: obs dict of (L, *shape), actions (L, A), rewards/dones (L,)."""
         actions = np.asarray(actions, dtype=np.float32)
         n = len(actions)
         if n == 0:
@@ -192,8 +192,8 @@ def load_datasets(path, obs_type: str, obs_keys=None, action_key: str = 'actions
             raise ValueError(f'{path}: no default obs keys for obs_type={obs_type!r} among {available}; '
                              'pass obs_keys= explicitly')
         if obs_type == 'image' and not any(k.endswith('_image') for k in obs_keys):
-            raise ValueError(f'{path}: obs_type="image" but the file has no *_image keys ({available}); render '
-                             'them with python -m envs.convert_states_to_obs')
+            raise ValueError(f'{path}: obs_type="image" but the file has no *_image keys ({available}); '
+                             'render them with python -m envs.convert_states_to_obs')
     else:
         default_obs_keys(obs_type, [])   # validates obs_type
     data = read_robomimic(path, obs_keys, action_key=action_key, ram_budget_gb=ram_budget_gb, storage=storage,
