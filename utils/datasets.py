@@ -90,6 +90,11 @@ class Dataset:
         return self._lengths.copy()
 
     @property
+    def storage_mode(self) -> str:
+        """'ram' when every key is held in RAM, 'cache' when image keys are read from the on-disk cache."""
+        return 'ram' if all(isinstance(c, _GrowableArray) for c in self._storage.obs.values()) else 'cache'
+
+    @property
     def obs_keys(self) -> list:
         """Observation keys, sorted (same as shape_meta['obs'])."""
         return list(self.shape_meta['obs'])
