@@ -294,8 +294,14 @@ def _load_cache_meta(path, cache) -> dict:
     """The cache's meta.json, a fresh one if the cache is new or stale; refuse a folder that is not ours."""
     meta_file = cache / 'meta.json'
     fresh = {'format': CACHE_FORMAT, 'fingerprint': _fingerprint(path), 'keys': {}}
+    if cache.exists() and not cache.is_dir():
+        raise RobomimicFileError(f'{path}: cache path {cache} exists and is not a folder; pass cache_dir=')
     if not cache.exists():
-        cache.mkdir(parents=True)
+        try:
+            cache.mkdir(parents=True)
+        except OSError as e:
+            raise RobomimicFileError(f'{path}: cannot create the image cache folder {cache} ({e}); pass '
+                                     'cache_dir= a writable folder, or raise ram_budget_gb') from e
         return fresh
     if not meta_file.is_file():
         if any(cache.iterdir()):
