@@ -79,7 +79,7 @@ def test_rl_fields_hand_computed(tmp_path):
 def test_ram_and_cache_give_identical_batches(image_file):
     ram, _ = load_datasets(image_file, 'image', storage='ram', seed=3, valid_fraction=0.4)
     cache, _ = load_datasets(image_file, 'image', storage='cache', seed=3, valid_fraction=0.4)
-    assert type(cache._storage.obs['agentview_image']).__name__ == 'DiskArray'
+    assert ram.storage_mode == 'ram' and cache.storage_mode == 'cache'
     for _ in range(5):
         a = ram.sample_sequence(16, 4, obs_steps=2)
         b = cache.sample_sequence(16, 4, obs_steps=2)
@@ -89,7 +89,7 @@ def test_ram_and_cache_give_identical_batches(image_file):
         for key in ('actions', 'rewards', 'masks', 'valid'):
             np.testing.assert_array_equal(a[key], b[key])
     auto, _ = load_datasets(image_file, 'image', ram_budget_gb=1e-6)   # over budget -> cache
-    assert type(auto._storage.obs['agentview_image']).__name__ == 'DiskArray'
+    assert auto.storage_mode == 'cache'
     clone = pickle.loads(pickle.dumps(cache._storage.obs['agentview_image']))   # worker processes
     rows = np.array([0, 3])
     np.testing.assert_array_equal(clone[rows], cache._storage.obs['agentview_image'][rows])
