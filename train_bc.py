@@ -107,9 +107,11 @@ def new_run_dir(save_dir, run_group, name):
 
 def build_config(argv):
     """The agent config with the shortcut flags applied; `obs_type` follows the dataset unless given."""
-    config = FLAGS.agent
-    if config is None:
-        raise UserError('--agent: no agent config loaded')
+    try:
+        config = FLAGS.agent
+        config.get('agent_name')  # config_flags reports a bad file on first use
+    except OSError as e:
+        raise UserError(f'--agent={FLAGS["agent"].config_filename}: cannot load the agent config: {e}') from e
     for name in ('obs_type', 'network_type', 'obs_steps'):
         value = getattr(FLAGS, name)
         if value is not None:

@@ -7,6 +7,7 @@ $ROBOMIMIC_DATA_DIR or given by `dataset_path`; a missing scripted file is gener
 (`envs.generate_demos`), with progress shown. Envs are built from the file's own `env_args`.
 """
 
+import os
 import sys
 
 from envs.robomimic_utils import get_dataset_path, max_episode_steps, parse_env_name, scripted_dataset_path
@@ -43,8 +44,8 @@ def ensure_dataset(env_name, dataset_path=None, num_demos=None, seed=0, workers=
         n = num_demos or DEFAULT_SCRIPTED_DEMOS[parsed.obs_type]
         print(f'{env_name}: no dataset at {path}; generating {n} scripted demos (first use only)',
               file=sys.stderr)
-        generate_demos(task=parsed.task, num_demos=n, obs=parsed.obs_type, output=str(path), seed=seed,
-                       workers=workers)
+        generate_demos(parsed.task, n, parsed.obs_type, out_path=path, seed=seed,
+                       workers=workers or os.cpu_count() or 1, progress=True)
     return get_dataset_path(parsed, path)
 
 
