@@ -156,6 +156,18 @@ class RobosuiteEnv:
             self.raw = robosuite.make(self.env_name, **kwargs)
         except Exception as e:  # robosuite raises many kinds; name the file that asked for this env
             raise RuntimeError(f'{self.source}: robosuite.make({self.env_name!r}, ...) failed: {e}') from e
+        for robot in self.raw.robots:
+            # Keep only the body parts this robot has (robosuite warns on every controller reload otherwise).
+            parts = robot.composite_controller_config.get('body_parts', {})
+            for part in [p for p in parts if not robot.has_part(p)]:
+                parts.pop(part)
+        # robosuite samples observables at the FIRST physics substep of a control step, so its step()
+        # observations lag the state by almost one step. Images are rendered here instead, after the
+        # step, at the state get_state() returns (what reset_to(states[t]) renders, as robomimic files).
+        self._cameras = {key: (key[:-len('_image')], *self.shape_meta['obs'][key]['shape'][1:])
+                         for key in camera_keys(self.shape_meta)}
+        for key in self._cameras:
+            self.raw.modify_observable(key, 'enabled', False)
         self.action_dim = int(self.raw.action_dim)
         expected_a = self.shape_meta.get('action', {}).get('shape')
         if expected_a is not None and list(expected_a) != [self.action_dim]:
@@ -190,15 +202,17 @@ class RobosuiteEnv:
         """robosuite observation dict -> shape_meta layout (uint8 CHW upright images, float32 low-dim)."""
         out = {}
         for key, meta in self.shape_meta['obs'].items():
+            if key in self._cameras:
+                cam, h, w = self._cameras[key]
+                img = self.raw.sim.render(width=w, height=h, camera_name=cam)  # raw frame is upside down
+                out[key] = np.ascontiguousarray(img[::-1].transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+                continue
             name = _ROBOSUITE_OBS_NAME.get(key, key)
             if name not in raw_obs:
                 raise KeyError(f'{self.source}: observation key {key!r} is not produced by {self.env_name}; '
                                f'available: {sorted(raw_obs)}')
             value = np.asarray(raw_obs[name])
-            if meta['type'] == 'rgb':
-                value = np.ascontiguousarray(value[::-1].transpose(2, 0, 1)).astype(np.uint8, copy=False)
-            else:
-                value = value.astype(np.float32)
+            value = value.astype(np.float32)
             if list(value.shape) != list(meta['shape']):
                 raise ValueError(f'{self.source}: observation {key!r} has shape {list(value.shape)} from '
                                  f'{self.env_name}, shape_meta says {meta["shape"]}')
@@ -230,12 +244,27 @@ class RobosuiteEnv:
                              f'({expected},) = 1 + nq + nv')
         self.raw.sim.set_state_from_flattened(state)
         self.raw.sim.forward()
+        self._reset_controllers()
         if hasattr(self.raw, 'update_state'):
             self.raw.update_state()
         self._sync_render()
         self._steps = 0
         self._success = False
         return self._current_obs()
+
+    def _reset_controllers(self):
+        """Rebuild the robots' controllers at the current state, as a reset does.
+
+        The OSC nullspace target and the gripper command are not part of the MuJoCo state; without this a
+        replay from states[0] would follow a different path than the recording.
+        """
+        for robot in self.raw.robots:
+            robot._load_controller()
+            for arm in robot.arms:
+                if robot.has_gripper[arm]:
+                    robot.gripper[arm].current_action = np.zeros(robot.gripper[arm].dof)
+            robot.composite_controller.update_state()
+            robot.composite_controller.reset()
 
     def get_state(self):
         """Flattened MuJoCo state (time, qpos, qvel) as float64, the layout of a file's `states`."""
@@ -252,14 +281,16 @@ class RobosuiteEnv:
             raise ValueError(f'action has shape {action.shape}, env {self.env_name} expects '
                              f'({self.action_dim},)')
         self._sync_render()
-        raw_obs, reward, _, info = self.raw.step(action)
+        _, _, _, info = self.raw.step(action)
+        self.raw.sim.forward()  # derived quantities at the final state (mj_step leaves them one substep old)
+        reward = self.raw.reward(action)  # recomputed at the final state, consistent with info['success']
         self._steps += 1
         success = self.is_success()
         self._success = self._success or success
         info = dict(info)
         info['success'] = success
         done = success or self._steps >= self.max_episode_steps
-        return self._obs(raw_obs), float(reward), bool(done), info
+        return self._current_obs(), float(reward), bool(done), info
 
     def render(self, camera='agentview', height=256, width=256):
         """Render a camera for videos: uint8 (H, W, 3), upright."""

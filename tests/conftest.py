@@ -1,0 +1,23 @@
+"""Shared pytest fixtures: small scripted Lift files generated once per test session."""
+
+import pytest
+
+# Demos in the shared files: enough for a train/valid split, cheap enough for CI (about 10 s for images).
+NUM_DEMOS = 3
+
+
+@pytest.fixture(scope='session')
+def lift_image_file(tmp_path_factory):
+    """A scripted Lift image file (3 demos, cheap render, 84x84 agentview + eye-in-hand); do not modify it."""
+    from envs.generate_demos import generate_demos
+    path = tmp_path_factory.mktemp('scripted') / 'lift_image.hdf5'
+    return generate_demos('lift', NUM_DEMOS, 'image', path, seed=0, workers=1, render_quality='cheap',
+                          progress=False)
+
+
+@pytest.fixture(scope='session')
+def lift_state_file(tmp_path_factory):
+    """A scripted Lift low-dim file (3 demos, no images); do not modify it."""
+    from envs.generate_demos import generate_demos
+    path = tmp_path_factory.mktemp('scripted') / 'lift_low_dim.hdf5'
+    return generate_demos('lift', NUM_DEMOS, 'low_dim', path, seed=0, workers=1, progress=False)
