@@ -105,6 +105,17 @@ def new_run_dir(save_dir, run_group, name):
             path = f'{base}_{k}'
 
 
+def make_run_dir(run_flags, config):
+    """A new run directory holding flags.json (experiment flags, agent config, code version)."""
+    f = run_flags
+    name = f'{f["env_name"]}_{config.agent_name}_{config.get("network_type", "net")}_s{f["seed"]}'
+    run_dir = new_run_dir(f['save_dir'], f['run_group'], name)
+    with open(os.path.join(run_dir, 'flags.json'), 'w') as fh:
+        json.dump({**f, 'agent': config.to_dict(), 'code_version': git_version()}, fh, indent=2, default=str)
+    print(f'run directory: {run_dir}', file=sys.stderr)
+    return run_dir
+
+
 def build_config(argv):
     """The agent config with the shortcut flags applied; `obs_type` follows the dataset unless given."""
     try:
@@ -143,7 +154,8 @@ def first_loss(info):
 class Trainer:
     """Owns the run: datasets, agent, loggers, checkpoints, evaluation."""
 
-    def __init__(self, run_flags, config, run_dir, resume_from=None):
+    def __init__(self, run_flags, config, run_dir=None, resume_from=None):
+        """Load data and build (or load) the agent; a new run directory is made only once that worked."""
         from agents import AGENTS  # imported here so that `--help` stays fast
 
         self.flags = run_flags
@@ -177,6 +189,8 @@ class Trainer:
         else:
             self.agent = agent_cls.load(resume_from, device=self.device)
             self._restore_trainer_state(self.agent.extra['trainer'])
+        if run_dir is None:
+            run_dir = self.run_dir = make_run_dir(run_flags, config)
         self.train_csv = CsvLogger(os.path.join(run_dir, 'train.csv'))
         self.eval_csv = CsvLogger(os.path.join(run_dir, 'eval.csv'))
         self.wandb = WandbLogger(run_flags['wandb_project'], run_flags['wandb_mode'], run_dir,
@@ -389,13 +403,7 @@ def main(argv):
     else:
         config = build_config(sys.argv)
         run_flags = {name: getattr(FLAGS, name) for name in EXPERIMENT_FLAGS}
-        name = f'{FLAGS.env_name}_{config.agent_name}_{config.get("network_type", "net")}_s{FLAGS.seed}'
-        run_dir = new_run_dir(FLAGS.save_dir, FLAGS.run_group, name)
-        with open(os.path.join(run_dir, 'flags.json'), 'w') as fh:
-            json.dump({**run_flags, 'agent': config.to_dict(), 'code_version': git_version()}, fh, indent=2,
-                      default=str)
-        print(f'run directory: {run_dir}', file=sys.stderr)
-        trainer = Trainer(run_flags, config, run_dir)
+        trainer = Trainer(run_flags, config)
     return trainer.train()
 
 
