@@ -65,7 +65,7 @@ def bench_eval(obs_type, workers_list=(1, 2), episodes=4, max_steps=100, seed=0)
 def main(argv=None):
     """Run every benchmark section and print the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--skip', default='', help='sections to skip, comma-separated: data,models,agents,eval')
+    parser.add_argument('--skip', default='', help='sections to skip: data,models,agents,eval')
     parser.add_argument('--quick', action='store_true', help='fewer episodes / steps (passed on to sections)')
     args, rest = parser.parse_known_args(argv)
     skip = {s for s in args.skip.split(',') if s}
