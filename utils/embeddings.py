@@ -26,7 +26,7 @@ class SinusoidalEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) times in [0, 1] -> (B, dim)."""
-        args = self.scale * t.float()[:, None] * self.freqs[None, :]  # (B, dim/2)
+        args = self.scale * t.to(self.freqs.dtype)[:, None] * self.freqs[None, :]  # (B, dim/2)
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
@@ -41,7 +41,7 @@ class FourierEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) times in [0, 1] -> (B, dim)."""
-        args = 2 * math.pi * t.float()[:, None] * self.weights[None, :]  # (B, dim/2)
+        args = 2 * math.pi * t.to(self.weights.dtype)[:, None] * self.weights[None, :]  # (B, dim/2)
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
@@ -59,7 +59,7 @@ class PositionalEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) times in [0, 1] -> (B, dim)."""
-        args = t.float()[:, None] * self.freqs[None, :] + self.phases[None, :]  # (B, dim/2)
+        args = t.to(self.freqs.dtype)[:, None] * self.freqs[None, :] + self.phases[None, :]  # (B, dim/2)
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
