@@ -107,9 +107,9 @@ def tensors_equal(a, b, where='trainer'):
 
 @pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(lift_state_file, tmp_path):
-    steps = 600
-    args = [f'--dataset_path={lift_state_file}', f'--offline_steps={steps}', '--log_interval=50',
-            '--save_interval=50', '--eval_episodes=0', '--seed=3', *TINY]
+    steps = 300
+    args = [f'--dataset_path={lift_state_file}', f'--offline_steps={steps}', '--log_interval=25',
+            '--save_interval=25', '--eval_episodes=0', '--seed=3', *TINY]
     run_cli(args, tmp_path / 'full')
     (full,) = run_dirs(tmp_path / 'full')
 
