@@ -65,6 +65,7 @@ def get_network_config() -> ml_collections.ConfigDict:
     config.pretrained_path = config_dict.placeholder(str)  # ResNet state_dict on disk; never downloaded
     config.impala_channels = (16, 32, 32)  # 'impala' encoder: channels of its three conv stages
     config.impala_out_dim = 256  # 'impala' encoder: feature size per camera
+    config.impala_res_blocks = 2  # 'impala' encoder: residual blocks per stage
     # Critic ensemble (Value).
     config.value_hidden_dims = (512, 512, 512, 512)  # hidden layer widths of each head
     config.num_qs = 2  # number of heads K
@@ -158,7 +159,8 @@ def _backbone_builder(config, name: str):
     if name == 'impala':
         channels = tuple(_field(config, 'impala_channels'))
         out_dim = _positive_int(config, 'impala_out_dim')
-        return lambda input_shape: ImpalaCNN(input_shape, channels=channels, out_dim=out_dim)
+        blocks = _field(config, 'impala_res_blocks')
+        return lambda shape: ImpalaCNN(shape, channels=channels, out_dim=out_dim, res_blocks=blocks)
     path = _field(config, 'pretrained_path')
     if path is not None and not os.path.isfile(path):
         raise FileNotFoundError(
