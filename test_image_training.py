@@ -58,8 +58,8 @@ def smoke(dataset_path=None, batch_size=4):
             actions = agent.sample_actions(obs)
             assert tuple(actions.shape) == (1, 16, train.shape_meta['action']['shape'][0]), actions.shape
             assert torch.isfinite(actions).all()
-            losses[network] = float(loss)
-            print(f'{network}: loss {float(loss):.4f}, update {update_info}, sampled actions '
+            losses[network] = loss.item()
+            print(f'{network}: loss {loss.item():.4f}, update {update_info}, sampled actions '
                   f'{tuple(actions.shape)} ({time.perf_counter() - start:.1f} s)')
     return losses
 
