@@ -1,9 +1,9 @@
 """Benchmarks for this machine: `python -m utils.bench [--quick] [--skip data,models,agents,eval]`.
 
-Runs the other areas' benchmark modules when present (utils/bench_data.py: loader samples/s,
-utils/bench_models.py: network step times, utils/bench_agents.py: train step time and sample_actions latency
-per agent x network x obs type), each through its `main()`, then measures evaluation env-steps/s on scripted
-Lift with 1 and 2 worker processes (state, and image at the cheap render setting).
+Runs the other areas' benchmark modules when present (utils/bench_data.py: loader samples/s on a small
+synthetic image file; utils/bench_models.py: network step times; utils/bench_agents.py: train step time and
+sample_actions latency per agent x network x obs type), then measures evaluation env-steps/s on scripted Lift
+with 1 and 2 worker processes (state, and image at the cheap render setting).
 """
 
 import argparse
@@ -14,11 +14,31 @@ import time
 
 import numpy as np
 
-SECTIONS = {'data': 'utils.bench_data', 'models': 'utils.bench_models', 'agents': 'utils.bench_agents'}
+
+def bench_data(module, quick):
+    """Loader samples/s on a small synthetic 2-camera image file, RAM and on-disk cache storage."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = module.write_bench_file(os.path.join(tmp, 'bench.hdf5'), size_gb=0.05 if quick else 0.2)
+        for storage, budget in (('ram', 4.0), ('cache', 0.01)):
+            print(json.dumps(module.bench_sampling(path, storage=storage, ram_budget_gb=budget,
+                                                   batches=50 if quick else 200)), flush=True)
 
 
-def run_section(name, module_name, argv):
-    """Import a benchmark module and call its main(); a missing module is reported, not fatal."""
+def bench_main(module, quick):
+    """Sections whose module has main(argv) taking --quick."""
+    module.main(['--quick'] if quick else [])
+
+
+# section -> (module, how to run it)
+SECTIONS = {'data': ('utils.bench_data', bench_data), 'models': ('utils.bench_models', bench_main),
+            'agents': ('utils.bench_agents', bench_main)}
+
+
+def run_section(name, module_name, runner, quick):
+    """Import a benchmark module and run it; a missing module is reported, not fatal."""
     print(f'\n=== {name} ({module_name}) ===', flush=True)
     try:
         module = importlib.import_module(module_name)
@@ -27,11 +47,7 @@ def run_section(name, module_name, argv):
             print(f'{module_name} is not present; skipped')
             return
         raise
-    main = getattr(module, 'main', None)
-    if main is None:
-        print(f'{module_name} has no main(); skipped')
-        return
-    main(argv)
+    runner(module, quick)
 
 
 def bench_eval(obs_type, workers_list=(1, 2), episodes=4, max_steps=100, seed=0):
@@ -67,20 +83,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--skip', default='', help='sections to skip: data,models,agents,eval')
     parser.add_argument('--quick', action='store_true', help='fewer episodes / steps (passed on to sections)')
-    args, rest = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(',') if s}
     print(f'machine: {os.cpu_count()} CPU cores, python {sys.version.split()[0]}')
-    try:
-        import torch
+    import torch
 
-        print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, '
-              f'cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}')
-    except ImportError:
-        pass
-    section_argv = rest + (['--quick'] if args.quick else [])
-    for name, module_name in SECTIONS.items():
+    print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, '
+          f'cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}')
+    for name, (module_name, runner) in SECTIONS.items():
         if name not in skip:
-            run_section(name, module_name, section_argv)
+            run_section(name, module_name, runner, args.quick)
     if 'eval' not in skip:
         print('\n=== eval (envs.evaluation) ===', flush=True)
         episodes, max_steps = (2, 50) if args.quick else (4, 200)
