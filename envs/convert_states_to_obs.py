@@ -138,8 +138,11 @@ def main(argv=None):
     p.add_argument('--num_demos', type=int, default=None, help='convert only the first N demos')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
     a = p.parse_args(argv)
-    path = convert_states_to_obs(a.input, a.output, a.camera_names, a.camera_height, a.camera_width,
-                                 a.render, a.num_demos, a.overwrite)
+    try:
+        path = convert_states_to_obs(a.input, a.output, a.camera_names, a.camera_height, a.camera_width,
+                                     a.render, a.num_demos, a.overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        p.error(str(e))
     print(f'wrote {path}')
 
 

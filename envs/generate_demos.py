@@ -246,9 +246,12 @@ def main(argv=None):
     p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
     p.add_argument('--max_attempts', type=int, default=10, help='expert attempts per demo before giving up')
     a = p.parse_args(argv)
-    path = generate_demos(a.task, a.num_demos, a.obs, a.out, seed=a.seed, workers=a.workers,
-                          render_quality=a.render, multimodal=a.multimodal, overwrite=a.overwrite,
-                          max_attempts=a.max_attempts)
+    try:
+        path = generate_demos(a.task, a.num_demos, a.obs, a.out, seed=a.seed, workers=a.workers,
+                              render_quality=a.render, multimodal=a.multimodal, overwrite=a.overwrite,
+                              max_attempts=a.max_attempts)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        p.error(str(e))
     print(f'wrote {path}')
 
 
