@@ -165,3 +165,18 @@ def test_bad_flags_fail_clearly(args, message, request, tmp_path):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(lift_state_file, tmp_path):
+    # An absurd learning rate drives the weights to ~1e30 after one step, so the next loss is inf / nan.
+    proc = run_cli([f'--dataset_path={lift_state_file}', '--offline_steps=50', '--save_interval=1',
+                    '--log_interval=1', '--eval_episodes=0', '--agent.lr=1e30', '--agent.warmup_steps=0',
+                    '--agent.use_ema=False', *TINY], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert 'non-finite loss' in proc.stderr and 'Traceback' not in proc.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    ckpt = load_checkpoint(os.path.join(run_dir, 'checkpoints', 'latest.pt'))
+    assert 1 <= ckpt['extra']['trainer']['step'] < 50
+    weights = [v for v in ckpt['trainer']['model'].values() if torch.is_tensor(v)]
+    assert weights and all(torch.isfinite(w).all() for w in weights)
