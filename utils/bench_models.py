@@ -127,9 +127,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='one timed repeat instead of three')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    parser.add_argument('--threads', type=int, default=0, help='torch threads, training (0: default)')
     args, _ = parser.parse_known_args(argv)
     device = torch.device(args.device)
     repeats = 1 if args.quick else 3
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f'device {device}, torch threads {torch.get_num_threads()}, median of {repeats} after 1 warm-up')
     rows = []
