@@ -193,8 +193,9 @@ class MultiImageObsEncoder(nn.Module):
     """Encodes rgb cameras with a CNN backbone each (or one shared) plus the low-dim keys: -> (B, To, D).
 
     Per camera: uint8 (B, To, 3, H, W) -> device -> float in [-1, 1] (the only normalisation) ->
-    optional resize -> random crop (train) / center crop (eval) -> backbone features. D is the sum of
-    the per-camera feature sizes plus the low-dim sizes; dropout is applied to the concatenation.
+    optional resize -> random crop (train; each of the B*To frames its own) / center crop (eval) ->
+    backbone features. D is the sum of the per-camera feature sizes plus the low-dim sizes; dropout is
+    applied to the concatenation.
     `make_backbone((C, h, w))` returns a module mapping (N, C, h, w) to (N, F).
     """
 
