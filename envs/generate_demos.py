@@ -22,6 +22,7 @@ from envs.experts import EXPERTS
 TASK_SPECS = {
     'lift': {'env_name': 'Lift', 'object_dim': 10, 'max_steps': 200},
     'can': {'env_name': 'PickPlaceCan', 'object_dim': 14, 'max_steps': 400},
+    'square': {'env_name': 'NutAssemblySquare', 'object_dim': 14, 'max_steps': 400},
 }
 CAMERAS = ('agentview', 'robot0_eye_in_hand')
 IMAGE_SIZE = 84
