@@ -1,0 +1,137 @@
+"""Agent benchmarks: sample_actions latency (B=1, B=64), encoder share, train-step time, one-step speed-up.
+
+`python -m utils.bench_agents [--quick] [--threads N] [--networks chiunet,...] [--obs-types state,image]`
+prints one JSON line per agent x network x obs type and a summary of the MFBC/IMFBC one-step speed-up over
+FBC's `flow_steps` Euler steps on the same network. `python -m utils.bench` calls `main`.
+"""
+
+import argparse
+import importlib
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from agents import AGENTS
+from utils.training import eval_mode
+
+SHAPE_METAS = {  # robomimic Lift/Can/Square layout: 2 cameras at 84x84 + proprioception
+    'state': {'obs': {'object': {'shape': [14], 'type': 'low_dim'},
+                      'robot0_eef_pos': {'shape': [3], 'type': 'low_dim'},
+                      'robot0_eef_quat': {'shape': [4], 'type': 'low_dim'},
+                      'robot0_gripper_qpos': {'shape': [2], 'type': 'low_dim'}},
+              'action': {'shape': [7]}},
+    'image': {'obs': {'agentview_image': {'shape': [3, 84, 84], 'type': 'rgb'},
+                      'robot0_eye_in_hand_image': {'shape': [3, 84, 84], 'type': 'rgb'},
+                      'robot0_eef_pos': {'shape': [3], 'type': 'low_dim'},
+                      'robot0_eef_quat': {'shape': [4], 'type': 'low_dim'},
+                      'robot0_gripper_qpos': {'shape': [2], 'type': 'low_dim'}},
+              'action': {'shape': [7]}},
+}
+
+
+def random_obs(shape_meta, batch_size, obs_steps, rng):
+    """Raw observations (B, To, ...) as the rollout wrapper passes them (uint8 images)."""
+    out = {}
+    for key, meta in shape_meta['obs'].items():
+        shape = (batch_size, obs_steps, *meta['shape'])
+        if meta['type'] == 'rgb':
+            out[key] = rng.integers(0, 256, shape, dtype=np.uint8)
+        else:
+            out[key] = rng.uniform(-1, 1, shape).astype(np.float32)
+    return out
+
+
+def make_agent(name, network, obs_type, device='cpu'):
+    """The agent's default config with the network and Diffusion Policy's horizons (To 2, Tp 16, Ta 8)."""
+    config = importlib.import_module(f'agents.{name}').get_config()
+    config.network_type, config.obs_type = network, obs_type
+    config.obs_steps, config.horizon_length, config.action_steps = 2, 16, 8
+    config.encoder = None  # identity for state, resnet18 for images
+    return AGENTS[name].create(SHAPE_METAS[obs_type], config, seed=0, device=device)
+
+
+def timed(fn, repeats):
+    """Median wall time in ms of `fn()` over `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def bench_one(name, network, obs_type, batch_sizes=(1, 64), repeats=3, train_batch=None):
+    """Latency of sample_actions per batch size, the encoder's share of it, and optionally a train step."""
+    agent = make_agent(name, network, obs_type)
+    rng = np.random.default_rng(0)
+    to = int(agent.config.obs_steps)
+    row = {'agent': name, 'network': network, 'obs_type': obs_type,
+           'params_M': round(sum(p.numel() for p in agent.model.parameters()) / 1e6, 2),
+           'threads': torch.get_num_threads()}
+    model = agent.trainer.eval_model()
+    for b in batch_sizes:
+        obs = random_obs(agent.shape_meta, b, to, rng)
+        total = timed(lambda obs=obs: agent.sample_actions(obs, seed=0), repeats)
+        normalized = agent.normalizer.normalize_obs({k: torch.as_tensor(v) for k, v in obs.items()})
+
+        def encode(normalized=normalized):
+            with torch.no_grad(), eval_mode(model):
+                agent.encode(model, normalized)
+        enc = timed(encode, repeats)
+        row[f'sample_ms_B{b}'] = round(total, 2)
+        row[f'encoder_share_B{b}'] = round(min(1.0, enc / total), 3)
+    if train_batch:
+        batch = {'observations': random_obs(agent.shape_meta, train_batch, to, rng),
+                 'next_observations': random_obs(agent.shape_meta, train_batch, to, rng),
+                 'actions': rng.uniform(-1, 1, (train_batch, 16, 7)).astype(np.float32),
+                 'valid': np.ones((train_batch, 16), np.float32),
+                 'rewards': np.zeros(train_batch, np.float32), 'masks': np.ones(train_batch, np.float32)}
+        row[f'train_step_ms_B{train_batch}'] = round(timed(lambda: agent.update(batch), repeats), 1)
+    return row
+
+
+def main(argv=None):
+    """Run the agent benchmark and print JSON lines; returns the rows."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='state only, B=1 and B=64, one repeat')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--networks', default='chiunet', help='comma-separated network types')
+    parser.add_argument('--obs-types', default='state,image', help='comma-separated: state,image')
+    parser.add_argument('--agents', default=','.join(AGENTS), help=f'comma-separated, of {list(AGENTS)}')
+    parser.add_argument('--repeats', type=int, default=3, help='timed calls per measurement (median)')
+    parser.add_argument('--train-batch', type=int, default=0, help='also time one update at this batch size')
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    obs_types = ['state'] if args.quick else args.obs_types.split(',')
+    repeats = 1 if args.quick else args.repeats
+    for name in args.agents.split(','):
+        if name not in AGENTS:
+            parser.error(f'--agents: unknown agent {name!r}; choose from {list(AGENTS)}')
+    rows = []
+    for network in args.networks.split(','):
+        for obs_type in obs_types:
+            if obs_type not in SHAPE_METAS:
+                parser.error(f'--obs-types: unknown {obs_type!r}; choose from {list(SHAPE_METAS)}')
+            for name in args.agents.split(','):
+                row = bench_one(name, network, obs_type, repeats=repeats, train_batch=args.train_batch)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    for row in rows:  # one-step speed-up over FBC's Euler sampler on the same network and obs type
+        if row['agent'] in ('mfbc', 'imfbc'):
+            ref = next((r for r in rows if r['agent'] == 'fbc' and r['network'] == row['network']
+                        and r['obs_type'] == row['obs_type']), None)
+            if ref is not None:
+                speedup = {f'speedup_B{b}': round(ref[f'sample_ms_B{b}'] / row[f'sample_ms_B{b}'], 2)
+                           for b in (1, 64)}
+                print(json.dumps({'speedup_vs_fbc': row['agent'], 'network': row['network'],
+                                  'obs_type': row['obs_type'], **speedup}), flush=True)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
