@@ -106,7 +106,8 @@ class _LocalWorker:
 
 
 class _ProcessWorker:
-    """A worker process (spawned, so it renders off-screen with its own GL context)."""
+    """A worker process forked from a clean forkserver (no GL context or torch threads inherited), so each
+    worker creates its own off-screen GL context; the main script is imported once, by the server."""
 
     def __init__(self, ctx, env_fn, obs_steps, action_steps, max_steps):
         self.conn, child = ctx.Pipe()
@@ -158,7 +159,7 @@ def evaluate(policy, env_fn, num_episodes, obs_steps, action_steps, max_steps=No
     if num_workers == 1:
         workers = [_LocalWorker(env_fn, obs_steps, action_steps, max_steps)]
     else:
-        ctx = mp.get_context('spawn')
+        ctx = mp.get_context('forkserver')
         workers = []
     try:
         if num_workers > 1:
