@@ -158,6 +158,7 @@ class Trainer:
         """Load data and build (or load) the agent; a new run directory is made only once that worked."""
         from agents import AGENTS  # imported here so that `--help` stays fast
 
+        self.start_time = time.perf_counter()
         self.flags = run_flags
         self.config = config
         self.run_dir = run_dir
@@ -308,6 +309,10 @@ class Trainer:
                 self.save('latest')
         bar.close()
         self.wandb.finish()
+        best = f'{self.best_success:.3f}' if self.best_success >= 0 else 'n/a'
+        wall = time.perf_counter() - self.start_time
+        print(f'done: step {self.step}, {wall:.0f} s since start, best success rate {best}; '
+              f'run directory {self.run_dir}', file=sys.stderr)
         return 0
 
 
