@@ -41,9 +41,9 @@ flags.DEFINE_enum('obs_type', None, ['state', 'image'],
 flags.DEFINE_string('network_type', None, 'Shortcut for --agent.network_type (mlp, chiunet, chitransformer).')
 flags.DEFINE_integer('obs_steps', None, 'Shortcut for --agent.obs_steps (To).')
 
-flags.DEFINE_integer('offline_steps', 10000, 'Number of gradient steps.')
+flags.DEFINE_integer('offline_steps', 20000, 'Number of gradient steps.')
 flags.DEFINE_integer('log_interval', 500, 'Steps between train.csv rows (with a validation loss).')
-flags.DEFINE_integer('eval_interval', 5000, 'Steps between evaluations (0: only at the end).')
+flags.DEFINE_integer('eval_interval', 10000, 'Steps between evaluations (0: only at the end).')
 flags.DEFINE_integer('save_interval', 5000, 'Steps between latest-checkpoint saves (0: only at the end).')
 flags.DEFINE_integer('eval_episodes', 50, 'Evaluation episodes (0: no evaluation).')
 flags.DEFINE_integer('eval_max_steps', None, 'Step limit per evaluation episode (default: per task).')
