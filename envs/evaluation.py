@@ -115,6 +115,9 @@ class _ProcessWorker:
         self.process = ctx.Process(target=_worker_main, args=args, daemon=True)
         self.process.start()
         child.close()
+
+    def wait_ready(self):
+        """Block until the worker has built its env (workers start in parallel, then are awaited)."""
         self._expect_ok()
 
     def _expect_ok(self):
@@ -150,12 +153,12 @@ def evaluate(policy, env_fn, num_episodes, obs_steps, action_steps, max_steps=No
 
     `env_fn()` builds one env (it must pickle when `num_workers > 1`). Returns `(stats, videos)`:
     stats has `success_rate`, `episode_length` (mean), `episode_return` (mean), `num_episodes`,
-    `env_steps_per_s`; videos is a list of (T, H, W, 3) uint8 arrays for the first `video_episodes` episodes.
+    `env_steps_per_s` (rollouts only, worker start-up excluded); videos is a list of (T, H, W, 3) uint8
+    arrays for the first `video_episodes` episodes.
     """
     if num_episodes < 1:
         raise ValueError(f'num_episodes must be >= 1, got {num_episodes}')
     num_workers = max(1, min(num_workers, num_episodes))
-    start = time.perf_counter()
     if num_workers == 1:
         workers = [_LocalWorker(env_fn, obs_steps, action_steps, max_steps)]
     else:
@@ -165,11 +168,14 @@ def evaluate(policy, env_fn, num_episodes, obs_steps, action_steps, max_steps=No
         if num_workers > 1:
             for _ in range(num_workers):
                 workers.append(_ProcessWorker(ctx, env_fn, obs_steps, action_steps, max_steps))
+            for w in workers:
+                w.wait_ready()
+        start = time.perf_counter()  # rollout speed excludes worker start-up
         results = _run_episodes(policy, workers, num_episodes, seed, video_episodes)
+        elapsed = time.perf_counter() - start
     finally:
         for w in workers:
             w.close()
-    elapsed = time.perf_counter() - start
     results.sort(key=lambda r: r['episode'])
     lengths = [r['length'] for r in results]
     stats = {

@@ -73,7 +73,7 @@ def bench_eval(obs_type, workers_list=(1, 2), episodes=4, max_steps=100, seed=0)
         wall = time.perf_counter() - start
         rows.append((obs_type, workers, episodes, max_steps, stats['env_steps_per_s'], wall))
         print(f'eval {obs_type:5s} workers={workers} episodes={episodes} x {max_steps} steps: '
-              f'{stats["env_steps_per_s"]:7.1f} env-steps/s (incl. worker start-up; {wall:.1f} s wall)',
+              f'{stats["env_steps_per_s"]:7.1f} env-steps/s (rollouts; {wall:.1f} s wall incl. start-up)',
               flush=True)
     return rows
 
@@ -95,7 +95,7 @@ def main(argv=None):
             run_section(name, module_name, runner, args.quick)
     if 'eval' not in skip:
         print('\n=== eval (envs.evaluation) ===', flush=True)
-        episodes, max_steps = (2, 50) if args.quick else (4, 200)
+        episodes, max_steps = (2, 50) if args.quick else (8, 200)
         bench_eval('state', episodes=episodes, max_steps=max_steps)
         bench_eval('image', episodes=episodes, max_steps=max_steps // 2)
 
