@@ -21,6 +21,7 @@ def get_config():
     config.adaptive_p = 1.0  # adaptive loss weight 1 / (||err||^2 + c)^p; 0 disables the weighting
     config.adaptive_c = 1e-2  # the c of the adaptive weight
     config.sample_steps = 1  # flow-map steps at sampling time (1 = one-step generation)
+    config.timestep_scale = 1.0  # unscaled times in the embeddings keep the JVP's du/ds well conditioned
     return config
 
 

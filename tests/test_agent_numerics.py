@@ -15,7 +15,6 @@ from agents.fql import get_config as fql_config
 from agents.imfbc import get_config as imfbc_config
 from agents.mfbc import get_config as mfbc_config
 from agents.mfbc import meanflow_target
-from utils.embeddings import SinusoidalEmbedding
 
 SHAPE_META = {'obs': {'obs': {'shape': [1], 'type': 'low_dim'}}, 'action': {'shape': [2]}}
 # Actions are normalized with these bounds: dimension 0 keeps its scale, dimension 1 is shifted and scaled,
@@ -37,18 +36,6 @@ def bc_batch(rng, batch_size):
     return {'observations': {'obs': o}, 'actions': actions}
 
 
-def unit_time_scale(agent):
-    """Feed flow times to the sinusoidal embeddings at scale 1 instead of Diffusion Policy's 1000.
-
-    With scale 1000, d u / d s is ~100x larger than u at initialisation and MeanFlow without adaptive
-    weighting (p = 0, required here) collapses. Until the factory exposes the scale as a config field
-    this is set on the built modules (live and EMA copies).
-    """
-    for module in [*agent.model.modules(), *agent.trainer.eval_model().modules()]:
-        if isinstance(module, SinusoidalEmbedding):
-            module.scale = 1.0
-
-
 @functools.cache
 def trained_bc(name, steps=3000):
     """Train the BC agent `name` on the synthetic data once; returns the agent."""
@@ -65,7 +52,6 @@ def trained_bc(name, steps=3000):
         # sampling evaluates u, so 3000 steps would leave the one-step map under-trained there.
         config.time_mu, config.time_sigma, config.flow_ratio = 0.0, 2.0, 0.25
     agent = AGENTS[name].create(SHAPE_META, config, normalizer_stats=STATS, seed=0)
-    unit_time_scale(agent)
     rng = np.random.default_rng(0)
     for _ in range(steps):
         agent.update(bc_batch(rng, 256))

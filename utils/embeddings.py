@@ -33,15 +33,17 @@ class SinusoidalEmbedding(nn.Module):
 class FourierEmbedding(nn.Module):
     """Random Fourier features: sin/cos of 2*pi*w*t with w ~ N(0, std^2) drawn once (saved in state_dict)."""
 
-    def __init__(self, dim: int, std: float = 16.0):
+    def __init__(self, dim: int, std: float = 16.0, scale: float = 1.0):
         super().__init__()
         _check_dim('FourierEmbedding', dim)
         self.register_buffer('weights', torch.randn(dim // 2) * std)
+        self.scale = scale
         self.dim = dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) times in [0, 1] -> (B, dim)."""
-        args = 2 * math.pi * t.to(self.weights.dtype)[:, None] * self.weights[None, :]  # (B, dim/2)
+        t = self.scale * t.to(self.weights.dtype)
+        args = 2 * math.pi * t[:, None] * self.weights[None, :]  # (B, dim/2)
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
@@ -70,22 +72,27 @@ SUPPORTED_TIMESTEP_EMBEDDING = {
 }
 
 
-def get_timestep_embedding(name: str, dim: int) -> nn.Module:
-    """Build the timestep embedding registered under `name` with output size `dim`."""
+def get_timestep_embedding(name: str, dim: int, scale: float | None = None) -> nn.Module:
+    """Build the timestep embedding registered under `name` with output size `dim`.
+
+    `scale` multiplies t before embedding; None keeps the embedding's default (1000 for 'sinusoidal' and
+    'positional', as Diffusion Policy's integer timesteps; 1 for 'fourier').
+    """
     if name not in SUPPORTED_TIMESTEP_EMBEDDING:
         raise ValueError(
             f'timestep_embedding={name!r} is unknown; valid names: {sorted(SUPPORTED_TIMESTEP_EMBEDDING)}'
         )
-    return SUPPORTED_TIMESTEP_EMBEDDING[name](dim)
+    kwargs = {} if scale is None else {'scale': float(scale)}
+    return SUPPORTED_TIMESTEP_EMBEDDING[name](dim, **kwargs)
 
 
 class TimePairEmbedding(nn.Module):
     """Embeds both flow times: (s (B,), t (B,)) -> [emb(s), emb(t)] of shape (B, 2 * dim)."""
 
-    def __init__(self, name: str, dim: int):
+    def __init__(self, name: str, dim: int, scale: float | None = None):
         super().__init__()
-        self.emb_s = get_timestep_embedding(name, dim)
-        self.emb_t = get_timestep_embedding(name, dim)
+        self.emb_s = get_timestep_embedding(name, dim, scale)
+        self.emb_t = get_timestep_embedding(name, dim, scale)
         self.output_dim = 2 * dim
 
     def forward(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

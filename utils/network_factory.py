@@ -37,6 +37,10 @@ def get_network_config() -> ml_collections.ConfigDict:
     config.encoder = config_dict.placeholder(str)
     # Flow-time embedding, used by every policy network for both s and t.
     config.timestep_embedding = 'sinusoidal'  # 'sinusoidal' | 'fourier' | 'positional' (learnable)
+    # Multiplier on s, t before embedding; None = the embedding's default (1000 sinusoidal/positional, as
+    # Diffusion Policy's integer timesteps; 1 fourier). MeanFlow agents use 1: a JVP through a 1000x scale
+    # makes du/ds ~100x larger than u at initialisation.
+    config.timestep_scale = config_dict.placeholder(float)
     config.emb_dim = 256  # size of emb(s) and of emb(t) (each)
     # MLP policy.
     config.mlp_hidden_dims = (512, 512, 512, 512)  # hidden layer widths
@@ -182,7 +186,8 @@ def _backbone_builder(config, name: str):
 def _network_kwargs(config, name: str) -> dict:
     """Keyword arguments of the policy network `name` taken from the config."""
     common = dict(emb_dim=_positive_int(config, 'emb_dim'),
-                  timestep_embedding=_field(config, 'timestep_embedding'))
+                  timestep_embedding=_field(config, 'timestep_embedding'),
+                  timestep_scale=config.get('timestep_scale'))
     if name == 'mlp':
         return dict(common, hidden_dims=tuple(_field(config, 'mlp_hidden_dims')),
                     layer_norm=_field(config, 'mlp_layer_norm'))

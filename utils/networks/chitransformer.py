@@ -81,7 +81,8 @@ class ChiTransformer(nn.Module):
     """
 
     def __init__(self, action_dim: int, horizon: int, obs_steps: int, cond_dim: int, emb_dim: int = 256,
-                 timestep_embedding: str = 'sinusoidal', d_model: int = 384, n_heads: int = 6,
+                 timestep_embedding: str = 'sinusoidal', timestep_scale: float | None = None,
+                 d_model: int = 384, n_heads: int = 6,
                  num_layers: int = 8, dropout: float = 0.0, attention_impl: str = 'sdpa'):
         super().__init__()
         if d_model % n_heads != 0:
@@ -91,7 +92,7 @@ class ChiTransformer(nn.Module):
                              f'valid: {list(ATTENTION_IMPLS)}')
         self.action_dim, self.horizon = action_dim, horizon
         self.obs_steps, self.cond_dim = obs_steps, cond_dim
-        self.time_emb = TimePairEmbedding(timestep_embedding, emb_dim)
+        self.time_emb = TimePairEmbedding(timestep_embedding, emb_dim, timestep_scale)
         self.time_token = nn.Linear(self.time_emb.output_dim, d_model)
         self.obs_token = nn.Linear(cond_dim, d_model)
         self.cond_pos = nn.Parameter(0.02 * torch.randn(1, 1 + obs_steps, d_model))

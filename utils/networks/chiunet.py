@@ -71,7 +71,8 @@ class ChiUNet(nn.Module):
     """
 
     def __init__(self, action_dim: int, horizon: int, obs_steps: int, cond_dim: int, emb_dim: int = 256,
-                 timestep_embedding: str = 'sinusoidal', model_dim: int = 128,
+                 timestep_embedding: str = 'sinusoidal', timestep_scale: float | None = None,
+                 model_dim: int = 128,
                  dim_mult: Sequence[int] = (1, 2, 2), kernel_size: int = 5, n_groups: int = 8,
                  cond_predict_scale: bool = True, obs_as_global_cond: bool = True):
         super().__init__()
@@ -86,7 +87,7 @@ class ChiUNet(nn.Module):
         dims = [action_dim] + [model_dim * m for m in dim_mult]
         in_out = list(zip(dims[:-1], dims[1:], strict=True))
 
-        self.time_emb = TimePairEmbedding(timestep_embedding, emb_dim)
+        self.time_emb = TimePairEmbedding(timestep_embedding, emb_dim, timestep_scale)
         self.time_mlp = nn.Sequential(
             nn.Linear(self.time_emb.output_dim, 4 * emb_dim), nn.Mish(), nn.Linear(4 * emb_dim, emb_dim)
         )

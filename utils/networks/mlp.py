@@ -14,13 +14,14 @@ class MLP(nn.Module):
 
     def __init__(self, action_dim: int, horizon: int, obs_steps: int, cond_dim: int,
                  hidden_dims: Sequence[int] = (512, 512, 512, 512), emb_dim: int = 128,
-                 timestep_embedding: str = 'sinusoidal', layer_norm: bool = False):
+                 timestep_embedding: str = 'sinusoidal', timestep_scale: float | None = None,
+                 layer_norm: bool = False):
         super().__init__()
         if len(hidden_dims) == 0:
             raise ValueError('MLP: mlp_hidden_dims must name at least one hidden layer')
         self.action_dim, self.horizon = action_dim, horizon
         self.obs_steps, self.cond_dim = obs_steps, cond_dim
-        self.time_emb = TimePairEmbedding(timestep_embedding, emb_dim)
+        self.time_emb = TimePairEmbedding(timestep_embedding, emb_dim, timestep_scale)
         in_dim = horizon * action_dim + self.time_emb.output_dim + obs_steps * cond_dim
         self.trunk = mlp(in_dim, hidden_dims, None, layer_norm=layer_norm)
         self.out = nn.Linear(hidden_dims[-1], horizon * action_dim)
