@@ -33,7 +33,11 @@ class EnvFactory:
 
 
 def ensure_dataset(env_name, dataset_path=None, num_demos=None, seed=0, workers=None):
-    """Path of the dataset file; a scripted name with no file yet generates one (progress on stderr)."""
+    """Path of the dataset file; a scripted name with no file yet generates one (progress on stderr).
+
+    `seed` seeds the generated demos only; it is fixed (not the training seed) so every run of a scripted
+    env name trains on the same file.
+    """
     parsed = parse_env_name(env_name)
     if dataset_path is not None or parsed.dataset_type != 'scripted':
         return get_dataset_path(parsed, dataset_path)
@@ -61,7 +65,7 @@ def make_env_and_datasets(env_name, dataset_path=None, obs_type=None, obs_keys=N
 
     parsed = parse_env_name(env_name)
     obs_type = obs_type or ('image' if parsed.is_image else 'state')
-    path = ensure_dataset(parsed, dataset_path, seed=seed)
+    path = ensure_dataset(parsed, dataset_path)
     train, valid = load_datasets(path, obs_type, obs_keys=obs_keys, seed=seed, **dataset_kwargs)
     env = eval_env = None
     if build_envs:

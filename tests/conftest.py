@@ -1,6 +1,12 @@
 """Shared pytest fixtures: small scripted Lift files generated once per test session."""
 
+import os
+
 import pytest
+
+# One torch thread in the tests and in the train_bc.py subprocesses they start: evaluation workers and
+# the trainer share 2 cores in CI, and with 2 threads each small op waits on the busy core (10-100x slower).
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 # Demos in the shared files: enough for a train/valid split, cheap enough for CI (about 10 s for images).
 NUM_DEMOS = 3
