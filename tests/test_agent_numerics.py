@@ -120,10 +120,8 @@ def test_fbc_matches_data():
 @pytest.mark.parametrize('name', ['mfbc', 'imfbc'])
 def test_meanflow_agents_match_data_and_flow_map(name):
     """One-step MFBC / IMFBC samples match the data and the learned u matches the analytic flow map."""
-    # KNOWN GAP: IMFBC's one-step samples come out 7-15% too wide after 3000-6000 steps here (measured),
-    # so its std tolerance is 20% instead of the issue's 10%; MFBC meets 10%.
-    agent = trained_bc(name, steps=5000 if name == 'imfbc' else 3000)
-    check_matches_data(agent, std_tol=0.2 if name == 'imfbc' else 0.1)
+    agent = trained_bc(name)
+    check_matches_data(agent)
     model = agent.trainer.eval_model()
     for o in OBS_POINTS:
         mu = SLOPE * o  # normalized == raw units for dimension 0 (bounds -1, 1)
