@@ -7,9 +7,10 @@ Two changes to MFBC: the JVP tangent is the model's own velocity v_theta(x_s, s)
 The velocity loss || v_theta(x_s, s) - v_cond ||^2: since v_theta is u_theta(x, s, s), the compound loss on
 the `flow_ratio` fraction with s = t already is that loss. An extra velocity term on every sample
 (`velocity_loss_weight`, REFERENCE §1 "plus a velocity loss") is optional and off by default (a deviation from
-REFERENCE): in the numerics test (tests/test_agent_numerics.py, 3000 steps, p = 0) weight 1 left the one-step
-samples 9-15% too wide, weight 0 within 7%, the same as MFBC. The extra term spends half the gradient on v,
-which u(x, s, s) already learns, and slows the learning of u at large t - s that one-step sampling uses.
+REFERENCE): with the numerics test's settings (3000 steps, p = 0, seeds 0-3) weight 1 left the one-step std
+3-21% too wide (over 10% on 3 of 4 seeds; 7-11% after 6000 steps on seed 0), weight 0 2-8% (MFBC: 6-7% on
+seed 0). Both share the fixed point u*; the extra term, whose target v_cond is very noisy, slows the learning
+of u at large t - s, which one-step sampling uses.
 """
 
 import torch
