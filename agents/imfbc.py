@@ -44,11 +44,7 @@ class IMFBCAgent(MFBCAgent):
 
     def flow_loss(self, net, cond, actions):
         """Compound loss || V - v_cond ||^2 [+ w || u(x_s, s, s) - v_cond ||^2]; JVP tangent (sg(v), 1, 0)."""
-        s, t = self.sample_times(actions.shape[0], actions.device)
-        z = self.randn_like(actions)
-        sb = s[:, None, None]
-        x_s = (1 - sb) * z + sb * actions
-        v_cond = actions - z
+        s, t, x_s, v_cond = self.draw_points(actions)
         w = self.config.velocity_loss_weight
         with torch.set_grad_enabled(w > 0 and torch.is_grad_enabled()):
             v_pred = net(x_s, s, s, cond)[0]  # instantaneous velocity v_theta(x_s, s)

@@ -76,13 +76,16 @@ class MFBCAgent(BCAgent):
             return err.mean()
         return (err / (err.detach() + c).pow(p)).mean()
 
-    def flow_loss(self, net, cond, actions):
-        """MeanFlow loss || u_theta(x_s, s, t) - sg(v_cond + (t - s) du/ds) ||^2, tangent (v_cond, 1, 0)."""
+    def draw_points(self, actions):
+        """(s, t, x_s, v_cond): times from `sample_times`, the interpolant at s, the conditional velocity."""
         s, t = self.sample_times(actions.shape[0], actions.device)
         z = self.randn_like(actions)
         sb = s[:, None, None]
-        x_s = (1 - sb) * z + sb * actions
-        v = actions - z
+        return s, t, (1 - sb) * z + sb * actions, actions - z
+
+    def flow_loss(self, net, cond, actions):
+        """MeanFlow loss || u_theta(x_s, s, t) - sg(v_cond + (t - s) du/ds) ||^2, tangent (v_cond, 1, 0)."""
+        s, t, x_s, v = self.draw_points(actions)
         u, target = meanflow_target(lambda x_, s_, t_: net(x_, s_, t_, cond)[0], x_s, s, t, v)
         err = (u - target).pow(2).flatten(1).sum(1)  # (B,): summed over the chunk
         loss = self.weighted_mean(err)
