@@ -129,7 +129,7 @@ def build_config(argv):
             config[name] = value
     explicit_obs_type = FLAGS.obs_type is not None or any(a.startswith('--agent.obs_type') for a in argv)
     if not explicit_obs_type:
-        config['obs_type'] = 'image' if env_utils.parse_env_name(FLAGS.env_name).is_image else 'state'
+        config['obs_type'] = env_utils.parse_env_name(FLAGS.env_name).policy_obs_type
     for field in ('agent_name', 'obs_type', 'obs_steps', 'horizon_length', 'action_steps', 'batch_size'):
         if field not in config:
             raise UserError(f'--agent={FLAGS["agent"].config_filename}: config has no field {field!r}')

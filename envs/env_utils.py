@@ -64,7 +64,7 @@ def make_env_and_datasets(env_name, dataset_path=None, obs_type=None, obs_keys=N
     from utils.datasets import load_datasets
 
     parsed = parse_env_name(env_name)
-    obs_type = obs_type or ('image' if parsed.is_image else 'state')
+    obs_type = obs_type or parsed.policy_obs_type
     path = ensure_dataset(parsed, dataset_path)
     train, valid = load_datasets(path, obs_type, obs_keys=obs_keys, seed=seed, **dataset_kwargs)
     env = eval_env = None

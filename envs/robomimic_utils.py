@@ -52,6 +52,11 @@ class EnvName:
         """True for image observations."""
         return self.obs_type == 'image'
 
+    @property
+    def policy_obs_type(self) -> str:
+        """The agent config's obs_type for this name: 'image' or 'state' (for 'low_dim')."""
+        return 'image' if self.is_image else 'state'
+
     def __str__(self) -> str:
         return f'{self.task}-{self.dataset_type}-{self.obs_type}'
 

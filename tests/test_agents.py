@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from agents import AGENTS
+from utils.bench_agents import random_obs
 from utils.network_factory import NETWORKS
 
 IMAGE_KEY, LOW_KEY = 'agentview_image', 'robot0_eef_pos'
@@ -54,16 +55,8 @@ def tiny_config(name, network, obs_type):
 
 def raw_batch(shape_meta, rng):
     """A batch laid out like Dataset.sample_sequence's (raw units, uint8 images)."""
-    def obs():
-        out = {}
-        for key, meta in shape_meta['obs'].items():
-            shape = (B, TO, *meta['shape'])
-            if meta['type'] == 'rgb':
-                out[key] = rng.integers(0, 256, shape, dtype=np.uint8)
-            else:
-                out[key] = rng.uniform(-1, 1, shape).astype(np.float32)
-        return out
-    return {'observations': obs(), 'next_observations': obs(),
+    return {'observations': random_obs(shape_meta, B, TO, rng),
+            'next_observations': random_obs(shape_meta, B, TO, rng),
             'actions': rng.uniform([-2, 0], [2, 1], (B, TP, 2)).astype(np.float32),
             'valid': np.ones((B, TP), np.float32), 'rewards': -np.ones(B, np.float32),
             'masks': np.ones(B, np.float32)}
