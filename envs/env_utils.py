@@ -10,7 +10,13 @@ $ROBOMIMIC_DATA_DIR or given by `dataset_path`; a missing scripted file is gener
 import os
 import sys
 
-from envs.robomimic_utils import get_dataset_path, max_episode_steps, parse_env_name, scripted_dataset_path
+from envs.robomimic_utils import (
+    get_dataset_path,
+    load_datasets,
+    max_episode_steps,
+    parse_env_name,
+    scripted_dataset_path,
+)
 
 __all__ = ['EnvFactory', 'make_env_and_datasets', 'parse_env_name', 'ensure_dataset']
 
@@ -59,10 +65,8 @@ def make_env_and_datasets(env_name, dataset_path=None, obs_type=None, obs_keys=N
 
     obs_type defaults to the name's ('low_dim' -> 'state', 'image' -> 'image'). val_dataset is None when the
     file holds no valid episodes. With `build_envs=False` both envs are None (use `EnvFactory`).
-    Extra keyword arguments go to `utils.datasets.load_datasets` (ram_budget_gb, storage, ...).
+    Extra keyword arguments go to `envs.robomimic_utils.load_datasets` (ram_budget_gb, storage, ...).
     """
-    from utils.datasets import load_datasets
-
     parsed = parse_env_name(env_name)
     obs_type = obs_type or parsed.policy_obs_type
     path = ensure_dataset(parsed, dataset_path)

@@ -8,8 +8,10 @@ Public API:
     default_obs_keys(obs_type, available_keys)  the obs keys a model reads by default
     read_env_meta(path) / read_shape_meta(...)  see envs/hdf5_reader.py (re-exported here)
 
+    load_datasets(path, obs_type, ...) -> (train, valid)   utils.datasets.Dataset objects over the file
+
 The hdf5 reading itself (validation, RAM / on-disk cache storage) lives in envs/hdf5_reader.py;
-the sequence datasets built on it live in utils/datasets.py (`load_datasets`).
+the sequence windows over the arrays it returns live in utils/datasets.py.
 """
 
 import dataclasses
@@ -20,10 +22,12 @@ from pathlib import Path
 from envs.hdf5_reader import (  # noqa: F401  (re-exported: the public reading API)
     RobomimicData,
     RobomimicFileError,
+    list_obs_keys,
     read_env_meta,
     read_robomimic,
     read_shape_meta,
 )
+from utils.datasets import Dataset, Storage
 
 TASKS = ('lift', 'can', 'square', 'transport', 'tool_hang')
 DATASET_TYPES = ('ph', 'mh', 'mg', 'scripted')
@@ -154,3 +158,33 @@ def default_obs_keys(obs_type: str, available_keys) -> list[str]:
     else:
         raise ValueError(f"unknown obs_type {obs_type!r}; valid: 'state' (alias 'low_dim'), 'image'")
     return sorted(keys)
+
+
+def load_datasets(path, obs_type: str, obs_keys=None, action_key: str = 'actions', ram_budget_gb: float = 4.0,
+                  seed: int = 0, valid_fraction: float = 0.1, storage: str = 'auto', cache_dir=None):
+    """Read a robomimic hdf5 into (train, valid) Datasets; valid is None when no episode is held out.
+
+    Train and valid share the file's storage and differ in episodes (mask/train + mask/valid, else a seeded
+    split of `valid_fraction`)."""
+    if obs_keys is None:
+        available = list_obs_keys(path)
+        obs_keys = default_obs_keys(obs_type, available)
+        if not obs_keys:
+            raise ValueError(f'{path}: no default obs keys for obs_type={obs_type!r} among {available}; '
+                             'pass obs_keys= explicitly')
+        if obs_type == 'image' and not any(k.endswith('_image') for k in obs_keys):
+            raise ValueError(f'{path}: obs_type="image" but the file has no *_image keys ({available}); '
+                             'render them with python -m envs.convert_states_to_obs')
+    else:
+        default_obs_keys(obs_type, [])   # validates obs_type
+    data = read_robomimic(path, obs_keys, action_key=action_key, ram_budget_gb=ram_budget_gb, storage=storage,
+                          cache_dir=cache_dir, valid_fraction=valid_fraction, seed=seed)
+    store = Storage(data.obs, data.actions, data.rewards, data.dones)
+
+    def make(episodes, rng_seed):
+        return Dataset(store, data.starts[episodes], data.lengths[episodes], data.shape_meta, data.env_meta,
+                       seed=rng_seed)
+
+    train = make(data.train_episodes, seed)
+    valid = make(data.valid_episodes, seed + 1) if len(data.valid_episodes) else None
+    return train, valid

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from agents import AGENTS
-from utils.bench_agents import random_obs
 from utils.network_factory import NETWORKS
+from utils.shape_meta import random_obs
 
 IMAGE_KEY, LOW_KEY = 'agentview_image', 'robot0_eef_pos'
 SHAPE_METAS = {

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from envs.hdf5_reader import RobomimicFileError
-from tests.synthetic_data import encode, write_robomimic_file
-from utils.datasets import load_datasets
+from envs.robomimic_utils import load_datasets
+from envs.synthetic import encode, write_robomimic_file
 
 LENGTHS = (5, 2, 9, 1, 6)
 DEMO_IDS = (4, 11, 12, 30, 7)   # non-contiguous; sorted order: 4, 7, 11, 12, 30

@@ -13,12 +13,12 @@ from envs.robomimic_utils import (
     candidate_paths,
     default_obs_keys,
     get_dataset_path,
+    load_datasets,
     max_episode_steps,
     parse_env_name,
     scripted_dataset_path,
 )
-from tests.synthetic_data import encode, lift_env_args, write_robomimic_file
-from utils.datasets import load_datasets
+from envs.synthetic import encode, lift_env_args, write_robomimic_file
 
 
 def test_parse_env_name():

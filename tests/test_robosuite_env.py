@@ -9,6 +9,7 @@ import pytest
 
 from envs.hdf5_reader import list_obs_keys, read_env_meta, read_shape_meta
 from envs.robosuite_env import RobosuiteEnv, build_env_kwargs, is_flat_controller_config
+from envs.synthetic import lift_env_args
 
 
 def _env_from_file(path, max_steps=400, **kwargs):
@@ -130,8 +131,7 @@ def test_spec_pickles_and_rebuilds(lift_state_file):
 
 def test_flat_14_controller_env_args_build_an_env(tmp_path):
     """1.4-style env_args from another tool (flat OSC_POSE config, 96x96 cameras) build a working env."""
-    synthetic = pytest.importorskip('tests.synthetic_data')
-    env_args = json.loads(json.dumps(synthetic.lift_env_args('1.4', image_size=96)))
+    env_args = json.loads(json.dumps(lift_env_args('1.4', image_size=96)))
     assert is_flat_controller_config(env_args['env_kwargs']['controller_configs'])
     shape_meta = {'obs': {'agentview_image': {'shape': [3, 96, 96], 'type': 'rgb'},
                           'object': {'shape': [10], 'type': 'low_dim'},

@@ -1,10 +1,8 @@
-"""Sequence datasets over robomimic episodes (batch contract: docs/ARCHITECTURE.md).
+"""Sequence datasets: windows over episodes held as flat arrays (batch contract: docs/ARCHITECTURE.md).
 
-Public API:
-    load_datasets(path, obs_type, obs_keys=None, action_key='actions', ram_budget_gb=4.0, seed=0,
-                  valid_fraction=0.1, storage='auto', cache_dir=None) -> (train, valid)
-        Reads a robomimic hdf5 (envs/hdf5_reader.py) once; train and valid share its storage and differ in
-        episodes (mask/train + mask/valid, else a seeded split). `valid` is None when no episode is held out.
+Public API (`envs.robomimic_utils.load_datasets` builds these from a robomimic hdf5):
+    Storage(obs, actions, rewards, dones)   per-step columns shared by the datasets of one file
+    Dataset(storage, starts, lengths, shape_meta, env_meta, seed)
     Dataset.sample_sequence(batch_size, sequence_length, obs_steps=1, discount=0.99, idxs=None) -> dict
     Dataset.add_episode(observations, actions, rewards, dones)   (online replay; RAM storage only)
     Dataset.normalizer_stats(), .shape_meta, .env_meta, len(), .num_episodes, .rng
@@ -14,9 +12,6 @@ Storage: every key is one flat (rows, ...) array over all episodes; precomputed 
 """
 
 import numpy as np
-
-from envs.hdf5_reader import list_obs_keys, read_robomimic
-from envs.robomimic_utils import default_obs_keys
 
 
 class _GrowableArray:
@@ -40,7 +35,7 @@ class _GrowableArray:
         self.size += n
 
 
-class _Storage:
+class Storage:
     """Per-step columns shared by the datasets of one file (train and valid index into the same rows)."""
 
     def __init__(self, obs: dict, actions, rewards, dones):
@@ -59,7 +54,7 @@ class _Storage:
 class Dataset:
     """Episodes of (obs, action, reward, done) steps, sampled as windows (ARCHITECTURE.md batch contract)."""
 
-    def __init__(self, storage: _Storage, starts, lengths, shape_meta: dict, env_meta: dict, seed: int = 0):
+    def __init__(self, storage: Storage, starts, lengths, shape_meta: dict, env_meta: dict, seed: int = 0):
         self._storage = storage
         self.shape_meta = shape_meta
         self.env_meta = env_meta
@@ -185,30 +180,3 @@ class Dataset:
     def set_rng_state(self, state: dict):
         """Restore the sampling RNG state saved by `rng_state()`."""
         self.rng.bit_generator.state = state
-
-
-def load_datasets(path, obs_type: str, obs_keys=None, action_key: str = 'actions', ram_budget_gb: float = 4.0,
-                  seed: int = 0, valid_fraction: float = 0.1, storage: str = 'auto', cache_dir=None):
-    """Read a robomimic hdf5 into (train, valid) Datasets; valid is None when no episode is held out."""
-    if obs_keys is None:
-        available = list_obs_keys(path)
-        obs_keys = default_obs_keys(obs_type, available)
-        if not obs_keys:
-            raise ValueError(f'{path}: no default obs keys for obs_type={obs_type!r} among {available}; '
-                             'pass obs_keys= explicitly')
-        if obs_type == 'image' and not any(k.endswith('_image') for k in obs_keys):
-            raise ValueError(f'{path}: obs_type="image" but the file has no *_image keys ({available}); '
-                             'render them with python -m envs.convert_states_to_obs')
-    else:
-        default_obs_keys(obs_type, [])   # validates obs_type
-    data = read_robomimic(path, obs_keys, action_key=action_key, ram_budget_gb=ram_budget_gb, storage=storage,
-                          cache_dir=cache_dir, valid_fraction=valid_fraction, seed=seed)
-    store = _Storage(data.obs, data.actions, data.rewards, data.dones)
-
-    def make(episodes, rng_seed):
-        return Dataset(store, data.starts[episodes], data.lengths[episodes], data.shape_meta, data.env_meta,
-                       seed=rng_seed)
-
-    train = make(data.train_episodes, seed)
-    valid = make(data.valid_episodes, seed + 1) if len(data.valid_episodes) else None
-    return train, valid

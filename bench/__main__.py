@@ -1,7 +1,7 @@
-"""Benchmarks for this machine: `python -m utils.bench [--quick] [--skip data,models,agents,eval]`.
+"""Benchmarks for this machine: `python -m bench [--quick] [--skip data,models,agents,eval]`.
 
-Runs the other areas' benchmark modules when present (utils/bench_data.py: loader samples/s on a small
-synthetic image file; utils/bench_models.py: network step times; utils/bench_agents.py: train step time and
+Runs the benchmark modules of bench/ (bench/data.py: loader samples/s on a small
+synthetic image file; bench/models.py: network step times; bench/agents.py: train step time and
 sample_actions latency per agent x network x obs type), then measures evaluation env-steps/s on scripted Lift
 with 1 and 2 worker processes (state, and image at the cheap render setting).
 """
@@ -33,8 +33,8 @@ def bench_main(module, quick):
 
 
 # section -> (module, how to run it)
-SECTIONS = {'data': ('utils.bench_data', bench_data), 'models': ('utils.bench_models', bench_main),
-            'agents': ('utils.bench_agents', bench_main)}
+SECTIONS = {'data': ('bench.data', bench_data), 'models': ('bench.models', bench_main),
+            'agents': ('bench.agents', bench_main)}
 
 
 def run_section(name, module_name, runner, quick):

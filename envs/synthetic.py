@@ -1,4 +1,4 @@
-"""Small synthetic robomimic-format hdf5 files, written without a simulator (shared test helper).
+"""Small synthetic robomimic-format hdf5 files, written without a simulator (tests and the data benchmark).
 
     write_robomimic_file(path, lengths=(5, 3, 7), ...) -> path
 

@@ -1,8 +1,8 @@
 """Agent benchmarks: sample_actions latency (B=1, B=64), encoder share, train-step time, one-step speed-up.
 
-`python -m utils.bench_agents [--quick] [--threads N] [--networks chiunet,...] [--obs-types state,image]`
+`python -m bench.agents [--quick] [--threads N] [--networks chiunet,...] [--obs-types state,image]`
 prints one JSON line per agent x network x obs type and a summary of the MFBC/IMFBC one-step speed-up over
-FBC's `flow_steps` Euler steps on the same network. `python -m utils.bench` calls `main`.
+FBC's `flow_steps` Euler steps on the same network. `python -m bench` calls `main`.
 """
 
 import argparse
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from agents import AGENTS
+from utils.shape_meta import random_obs
 from utils.training import eval_mode
 
 SHAPE_METAS = {  # robomimic Lift/Can/Square layout: 2 cameras at 84x84 + proprioception
@@ -30,18 +31,6 @@ SHAPE_METAS = {  # robomimic Lift/Can/Square layout: 2 cameras at 84x84 + propri
                       'robot0_gripper_qpos': {'shape': [2], 'type': 'low_dim'}},
               'action': {'shape': [7]}},
 }
-
-
-def random_obs(shape_meta, batch_size, obs_steps, rng):
-    """Raw observations (B, To, ...) as the rollout wrapper passes them (uint8 images)."""
-    out = {}
-    for key, meta in shape_meta['obs'].items():
-        shape = (batch_size, obs_steps, *meta['shape'])
-        if meta['type'] == 'rgb':
-            out[key] = rng.integers(0, 256, shape, dtype=np.uint8)
-        else:
-            out[key] = rng.uniform(-1, 1, shape).astype(np.float32)
-    return out
 
 
 def make_agent(name, network, obs_type, device='cpu'):

@@ -1,12 +1,12 @@
 """Benchmarks of the data path: sampling speed and peak memory, RAM vs on-disk cache storage.
 
-    python -m utils.bench_data write --path /tmp/bench.hdf5 --size_gb 1.1   # synthetic file, no simulator
-    python -m utils.bench_data measure --path /tmp/bench.hdf5 --storage cache --ram_budget_gb 0.25
-    python -m utils.bench_data all --path /tmp/bench.hdf5 --size_gb 1.1 --ram_budget_gb 0.25
+    python -m bench.data write --path /tmp/bench.hdf5 --size_gb 1.1   # synthetic file, no simulator
+    python -m bench.data measure --path /tmp/bench.hdf5 --storage cache --ram_budget_gb 0.25
+    python -m bench.data all --path /tmp/bench.hdf5 --size_gb 1.1 --ram_budget_gb 0.25
 
 `measure` runs in its own process, so the peak RSS it prints (ru_maxrss) is that of one loading + sampling
 run. `all` writes the file if missing, then measures each storage mode in a fresh subprocess.
-`bench_sampling(path, ...)` is the function a later `python -m utils.bench` can call.
+`bench_sampling(path, ...)` is the function a later `python -m bench` can call.
 """
 
 import argparse
@@ -20,7 +20,7 @@ from pathlib import Path
 
 def write_bench_file(path, size_gb: float, demo_length: int = 200, image_size: int = 84) -> Path:
     """Write a synthetic 2-camera image file of about `size_gb` GB of images (refuses to overwrite)."""
-    from tests.synthetic_data import write_robomimic_file
+    from envs.synthetic import write_robomimic_file
 
     path = Path(path)
     if path.exists():
@@ -39,7 +39,7 @@ def peak_rss_mb() -> float:
 def bench_sampling(path, storage: str = 'auto', ram_budget_gb: float = 0.25, batch_size: int = 64,
                    obs_steps: int = 2, horizon: int = 16, batches: int = 200, seed: int = 0) -> dict:
     """Load `path` as an image dataset and time `batches` sample_sequence calls; returns the numbers."""
-    from utils.datasets import load_datasets
+    from envs.robomimic_utils import load_datasets
 
     rss_start = peak_rss_mb()
     t0 = time.perf_counter()
@@ -84,7 +84,7 @@ def main(argv=None):
         if not Path(args.path).exists():
             write_bench_file(args.path, args.size_gb)
         for storage in ('ram', 'cache', 'cache'):   # the second cache run reuses the cache built by the first
-            cmd = [sys.executable, '-m', 'utils.bench_data', 'measure', '--path', args.path,
+            cmd = [sys.executable, '-m', 'bench.data', 'measure', '--path', args.path,
                    '--storage', storage, '--ram_budget_gb', str(args.ram_budget_gb),
                    '--batches', str(args.batches)]
             subprocess.run(cmd, check=True)

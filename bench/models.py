@@ -1,4 +1,4 @@
-"""Network step times: `python -m utils.bench_models [--quick] [--device cpu]` (utils.bench runs it).
+"""Network step times: `python -m bench.models [--quick] [--device cpu]` (`python -m bench` runs it).
 
 Training step = encoder + policy forward, a flow-matching-style MSE on the output, backward (no optimizer
 step), with torch's default threads. Inference = one forward of the policy network at B=1 (and of each
