@@ -25,6 +25,7 @@ def smoke(dataset_path=None, batch_size=4):
     from agents import AGENTS
     from agents.fbc import get_config
     from envs.env_utils import make_env_and_datasets
+    from utils.shape_meta import rgb_keys
 
     with tempfile.TemporaryDirectory() as tmp:
         if dataset_path is None:
@@ -36,7 +37,7 @@ def smoke(dataset_path=None, batch_size=4):
                                                build_envs=False)
         print(f'Dataset size: {len(train)} steps in {train.num_episodes} episodes')
         print(f'Shape meta: {json.dumps(train.shape_meta)}')
-        assert any(m['type'] == 'rgb' for m in train.shape_meta['obs'].values()), 'no rgb keys in shape_meta'
+        assert rgb_keys(train.shape_meta), 'no rgb keys in shape_meta'
 
         losses = {}
         for network in NETWORKS:

@@ -10,6 +10,7 @@ from torch import nn
 
 from utils.network_factory import get_network_and_encoder, get_network_config
 from utils.normalizer import Normalizer
+from utils.shape_meta import validate_shape_meta
 from utils.torch_utils import pick_device, to_torch
 from utils.training import (
     Trainer,
@@ -79,28 +80,13 @@ class BCAgent:
     @classmethod
     def create(cls, shape_meta, config, normalizer_stats=None, seed=0, device='cpu'):
         """Build the agent from `shape_meta` (obs keys/shapes, action shape) and a `get_config()` config."""
-        cls.validate_shape_meta(shape_meta)
+        validate_shape_meta(shape_meta)
         config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
         config.shape_meta = ml_collections.ConfigDict(shape_meta)
         cls.validate_config(config)
         device = pick_device(device)
         normalizer = Normalizer(normalizer_stats, device=device)
         return cls(shape_meta, config, normalizer, seed, device)
-
-    @staticmethod
-    def validate_shape_meta(shape_meta):
-        """Check the shape_meta layout of ARCHITECTURE.md."""
-        if not isinstance(shape_meta, dict) or not isinstance(shape_meta.get('obs'), dict) \
-                or not shape_meta['obs']:
-            raise ValueError("shape_meta must be a dict with a non-empty 'obs' dict, got "
-                             f'{type(shape_meta).__name__} {shape_meta!r:.200}')
-        action = shape_meta.get('action', {}).get('shape')
-        if action is None or len(action) != 1 or int(action[0]) < 1:
-            raise ValueError(f"shape_meta['action']['shape'] must be [A] with A >= 1, got {action!r}")
-        for key, meta in shape_meta['obs'].items():
-            if meta.get('type') not in ('rgb', 'low_dim') or 'shape' not in meta:
-                raise ValueError(f"shape_meta['obs'][{key!r}] needs 'shape' and type 'rgb' or 'low_dim', "
-                                 f'got {meta!r}')
 
     @classmethod
     def validate_config(cls, config):

@@ -13,6 +13,7 @@ import time
 import torch
 
 from utils.network_factory import count_parameters, get_encoder, get_network, get_network_config
+from utils.shape_meta import rgb_keys
 
 IMAGE_META = {
     'obs': {
@@ -55,9 +56,9 @@ def make_config(shape_meta, **overrides):
 
 def random_obs(shape_meta, batch, obs_steps, device):
     """Random observations: uint8 images (B, To, 3, H, W), float low-dim (B, To, D)."""
-    obs = {}
+    obs, rgb = {}, rgb_keys(shape_meta)
     for key, meta in shape_meta['obs'].items():
-        if meta['type'] == 'rgb':
+        if key in rgb:
             shape = (batch, obs_steps, *meta['shape'])
             obs[key] = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
         else:

@@ -21,6 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from utils.shape_meta import is_rgb_key, key_type, rgb_keys
+
 CACHE_FORMAT = 'acfql_pytorch image cache v1'
 _DEMO_RE = re.compile(r'^(.*?)(\d+)$')
 _SAFE_KEY_RE = re.compile(r'^[A-Za-z0-9_.-]+$')
@@ -28,11 +30,6 @@ _SAFE_KEY_RE = re.compile(r'^[A-Za-z0-9_.-]+$')
 
 class RobomimicFileError(ValueError):
     """A robomimic hdf5 file that cannot be used; the message names the file and what is wrong."""
-
-
-def is_rgb_key(key: str) -> bool:
-    """An rgb observation key is a `*_image` key (holding uint8 H x W x 3 in the file)."""
-    return key.endswith('_image')
 
 
 @dataclasses.dataclass
@@ -242,7 +239,7 @@ def _shape_meta(demo, obs_keys, action_key) -> dict:
     obs = {}
     for key in sorted(obs_keys):
         ds = demo['obs'][key]
-        obs[key] = {'shape': _key_shape(ds), 'type': 'rgb' if is_rgb_key(key) else 'low_dim'}
+        obs[key] = {'shape': _key_shape(ds), 'type': key_type(key)}
     return {'obs': obs, 'action': {'shape': [int(demo[action_key].shape[1])]}}
 
 
@@ -377,14 +374,14 @@ def read_robomimic(path, obs_keys, action_key='actions', ram_budget_gb=4.0, stor
         rewards = concat(lambda d: d['rewards'], 0)
         dones = concat(lambda d: d['dones'], 0)
         obs = {}
-        rgb_keys = [k for k in obs_keys if shape_meta['obs'][k]['type'] == 'rgb']
+        rgb = [k for k in obs_keys if k in rgb_keys(shape_meta)]  # in obs_keys order
         for key in obs_keys:
-            if key not in rgb_keys:
+            if key not in rgb:
                 obs[key] = concat(lambda d, key=key: d['obs'][key], shape_meta['obs'][key]['shape'][0])
-        image_bytes = sum(total * int(np.prod(shape_meta['obs'][k]['shape'])) for k in rgb_keys)
+        image_bytes = sum(total * int(np.prod(shape_meta['obs'][k]['shape'])) for k in rgb)
         mode = storage if storage != 'auto' else ('ram' if image_bytes <= ram_budget_gb * 2**30 else 'cache')
         if mode == 'ram':
-            for key in rgb_keys:
+            for key in rgb:
                 arr = np.empty((total, *shape_meta['obs'][key]['shape']), dtype=np.uint8)   # (N, 3, H, W)
                 for name, s in zip(demo_names, starts, strict=True):
                     ds = data[name]['obs'][key]
@@ -392,10 +389,10 @@ def read_robomimic(path, obs_keys, action_key='actions', ram_budget_gb=4.0, stor
                         frames = _read(path, ds, slice(a, a + chunk_frames))   # (n, H, W, 3)
                         arr[s + a:s + a + len(frames)] = frames.transpose(0, 3, 1, 2)
                 obs[key] = arr
-        elif rgb_keys:
+        elif rgb:
             cache = _cache_dir_for(path, cache_dir)
             meta = _load_cache_meta(path, cache)
-            for key in rgb_keys:
+            for key in rgb:
                 if not _SAFE_KEY_RE.match(key):
                     raise RobomimicFileError(f'{path}: obs key {key!r} cannot name a cache file')
                 entry = {'file': f'{key}.npy', 'shape': [total, *shape_meta['obs'][key]['shape']],

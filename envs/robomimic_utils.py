@@ -28,6 +28,7 @@ from envs.hdf5_reader import (  # noqa: F401  (re-exported: the public reading A
     read_shape_meta,
 )
 from utils.datasets import Dataset, Storage
+from utils.shape_meta import is_rgb_key
 
 TASKS = ('lift', 'can', 'square', 'transport', 'tool_hang')
 DATASET_TYPES = ('ph', 'mh', 'mg', 'scripted')
@@ -154,7 +155,7 @@ def default_obs_keys(obs_type: str, available_keys) -> list[str]:
     if obs_type in ('state', 'low_dim'):
         keys = [k for k in available_keys if _PROPRIO_RE.match(k) or k == 'object']
     elif obs_type == 'image':
-        keys = [k for k in available_keys if k.endswith('_image') or _PROPRIO_RE.match(k)]
+        keys = [k for k in available_keys if is_rgb_key(k) or _PROPRIO_RE.match(k)]
     else:
         raise ValueError(f"unknown obs_type {obs_type!r}; valid: 'state' (alias 'low_dim'), 'image'")
     return sorted(keys)
@@ -172,7 +173,7 @@ def load_datasets(path, obs_type: str, obs_keys=None, action_key: str = 'actions
         if not obs_keys:
             raise ValueError(f'{path}: no default obs keys for obs_type={obs_type!r} among {available}; '
                              'pass obs_keys= explicitly')
-        if obs_type == 'image' and not any(k.endswith('_image') for k in obs_keys):
+        if obs_type == 'image' and not any(is_rgb_key(k) for k in obs_keys):
             raise ValueError(f'{path}: obs_type="image" but the file has no *_image keys ({available}); '
                              'render them with python -m envs.convert_states_to_obs')
     else:

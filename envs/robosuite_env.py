@@ -17,6 +17,8 @@ import gc
 import mujoco
 import numpy as np
 
+from utils.shape_meta import camera_name, rgb_keys
+
 RENDER_QUALITIES = ('default', 'cheap')
 
 # robomimic key -> robosuite observable name, where they differ.
@@ -55,11 +57,6 @@ def convert_controller_configs(controller_configs, robots, source='env_args'):
     return refactor_composite_controller_config(copy.deepcopy(controller_configs), robot, ['right'])
 
 
-def camera_keys(shape_meta):
-    """The rgb observation keys of shape_meta, in sorted order."""
-    return sorted(k for k, v in shape_meta['obs'].items() if v['type'] == 'rgb')
-
-
 def build_env_kwargs(env_args, shape_meta, enable_render=False, hard_reset=False, source='env_args'):
     """Turn a file's env_args into (env_name, robosuite.make kwargs) producing shape_meta's observations."""
     if 'env_name' not in env_args or 'env_kwargs' not in env_args:
@@ -76,16 +73,17 @@ def build_env_kwargs(env_args, shape_meta, enable_render=False, hard_reset=False
     if flat and 'lite_physics' not in kwargs:
         kwargs['lite_physics'] = False  # robosuite <= 1.4 stepped with a full forward pass (no lite physics)
 
-    rgb = camera_keys(shape_meta)
+    rgb = rgb_keys(shape_meta)
     file_cams = file_kwargs.get('camera_names', [])
     file_cams = [file_cams] if isinstance(file_cams, str) else list(file_cams)
     heights = _as_list(file_kwargs.get('camera_heights', 84), len(file_cams), 'camera_heights', source)
     widths = _as_list(file_kwargs.get('camera_widths', 84), len(file_cams), 'camera_widths', source)
     cams, cam_h, cam_w = [], [], []
     for key in rgb:
-        if not key.endswith('_image'):
-            raise ValueError(f'{source}: rgb observation key {key!r} must end in "_image"')
-        cam = key[:-len('_image')]
+        try:
+            cam = camera_name(key)
+        except ValueError as e:
+            raise ValueError(f'{source}: {e}') from None
         if cam not in file_cams:
             raise ValueError(f'{source}: observation {key!r} needs camera {cam!r}, but env_args camera_names '
                              f'is {file_cams}')
@@ -164,8 +162,8 @@ class RobosuiteEnv:
         # robosuite samples observables at the FIRST physics substep of a control step, so its step()
         # observations lag the state by almost one step. Images are rendered here instead, after the
         # step, at the state get_state() returns (what reset_to(states[t]) renders, as robomimic files).
-        self._cameras = {key: (key[:-len('_image')], *self.shape_meta['obs'][key]['shape'][1:])
-                         for key in camera_keys(self.shape_meta)}
+        self._cameras = {key: (camera_name(key), *self.shape_meta['obs'][key]['shape'][1:])
+                         for key in rgb_keys(self.shape_meta)}
         for key in self._cameras:
             self.raw.modify_observable(key, 'enabled', False)
         self.action_dim = int(self.raw.action_dim)

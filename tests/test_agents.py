@@ -8,7 +8,7 @@ import torch
 
 from agents import AGENTS
 from utils.network_factory import NETWORKS
-from utils.shape_meta import random_obs
+from utils.shape_meta import low_dim_keys, random_obs
 
 IMAGE_KEY, LOW_KEY = 'agentview_image', 'robot0_eef_pos'
 SHAPE_METAS = {
@@ -26,12 +26,11 @@ TO, TP, B = 2, 4, 3
 def normalizer_stats(shape_meta):
     """Dataset-like statistics for the action and the low-dim keys (one near-constant dimension)."""
     stats = {'actions': {'min': np.array([-2.0, 0.0]), 'max': np.array([2.0, 1.0])}}
-    for key, meta in shape_meta['obs'].items():
-        if meta['type'] == 'low_dim':
-            lo = -np.ones(meta['shape'])
-            hi = np.ones(meta['shape'])
-            hi[0] = lo[0]  # near-constant dimension: only centred
-            stats[key] = {'min': lo, 'max': hi}
+    for key in low_dim_keys(shape_meta):
+        lo = -np.ones(shape_meta['obs'][key]['shape'])
+        hi = np.ones(shape_meta['obs'][key]['shape'])
+        hi[0] = lo[0]  # near-constant dimension: only centred
+        stats[key] = {'min': lo, 'max': hi}
     return stats
 
 

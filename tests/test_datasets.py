@@ -8,6 +8,7 @@ import pytest
 from envs.hdf5_reader import RobomimicFileError
 from envs.robomimic_utils import load_datasets
 from envs.synthetic import encode, write_robomimic_file
+from utils.shape_meta import rgb_keys
 
 LENGTHS = (5, 2, 9, 1, 6)
 DEMO_IDS = (4, 11, 12, 30, 7)   # non-contiguous; sorted order: 4, 7, 11, 12, 30
@@ -146,7 +147,7 @@ def test_add_episode(image_file):
     train, valid = load_datasets(image_file, 'image', storage='ram', valid_fraction=0.4)
     n_valid = len(valid)
     steps = 3
-    obs = {k: (np.full((steps, *m['shape']), 200, np.uint8) if m['type'] == 'rgb'
+    obs = {k: (np.full((steps, *m['shape']), 200, np.uint8) if k in rgb_keys(train.shape_meta)
                else np.full((steps, *m['shape']), -5.0)) for k, m in train.shape_meta['obs'].items()}
     train.add_episode(obs, np.full((steps, 7), -7.0), rewards=[0, 0, 1], dones=[0, 0, 1])
     assert train.num_episodes == 4 and len(valid) == n_valid

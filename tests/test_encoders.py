@@ -5,6 +5,7 @@ import torch
 
 from utils.encoders import IdentityEncoder, MLPEncoder, center_crop
 from utils.network_factory import get_encoder, get_network_config
+from utils.shape_meta import rgb_keys
 
 
 def shape_meta(image_hw=None, cams=('agentview_image', 'robot0_eye_in_hand_image')):
@@ -26,7 +27,7 @@ def make_obs(meta, batch, to, seed=0):
     g = torch.Generator().manual_seed(seed)
     obs = {}
     for key, m in meta['obs'].items():
-        if m['type'] == 'rgb':
+        if key in rgb_keys(meta):
             obs[key] = torch.randint(0, 256, (batch, to, *m['shape']), dtype=torch.uint8, generator=g)
         else:
             obs[key] = torch.randn(batch, to, *m['shape'], generator=g)

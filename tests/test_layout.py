@@ -99,3 +99,38 @@ def test_public_names(module, names):
     mod = importlib.import_module(module)
     missing = [n for n in names if not hasattr(mod, n)]
     assert not missing, f'{module} lacks {missing}'
+
+
+RGB_RULE_HOME = ROOT / 'utils' / 'shape_meta.py'
+
+
+def rgb_rule_uses(source: str, filename: str = '<source>'):
+    """Lines restating the rgb rule: `.endswith('_image')`, `len('_image')`, `== 'rgb'` or 'low_dim'."""
+    def strings(node):
+        return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, 'id', None)
+            if name in ('endswith', 'len') and any('_image' in s for a in node.args for s in strings(a)):
+                yield node.lineno
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(o, ast.Constant) and o.value in ('rgb', 'low_dim') for o in operands):
+                yield node.lineno
+
+
+def test_rgb_rule_lives_in_shape_meta():
+    """Only utils/shape_meta.py says which keys are rgb; everyone else asks it (rgb_keys, is_rgb_key)."""
+    bad = [f'{path.relative_to(ROOT)}:{line}' for path in python_files()
+           if path not in (RGB_RULE_HOME, Path(__file__).resolve())
+           for line in rgb_rule_uses(path.read_text(), str(path))]
+    assert not bad, 'the rgb-key rule restated outside utils/shape_meta.py:\n' + '\n'.join(bad)
+
+
+def test_rgb_rule_checker_sees_each_form():
+    """The checker finds each way of restating the rule and leaves key names alone."""
+    source = ("a = k.endswith('_image')\nb = k[:-len('_image')]\nc = m['type'] == 'rgb'\n"
+              "d = 'low_dim' != t\ne = f'{cam}_image'\nf = {'type': 'rgb'}\n")
+    assert sorted(rgb_rule_uses(source)) == [1, 2, 3, 4]

@@ -10,6 +10,7 @@ import pytest
 from envs.hdf5_reader import list_obs_keys, read_env_meta, read_shape_meta
 from envs.robosuite_env import RobosuiteEnv, build_env_kwargs, is_flat_controller_config
 from envs.synthetic import lift_env_args
+from utils.shape_meta import rgb_keys
 
 
 def _env_from_file(path, max_steps=400, **kwargs):
@@ -38,7 +39,7 @@ def test_reset_matches_shape_meta(image_env):
     assert sorted(obs) == sorted(shape_meta['obs'])
     for key, meta in shape_meta['obs'].items():
         assert list(obs[key].shape) == list(meta['shape']), key
-        assert obs[key].dtype == (np.uint8 if meta['type'] == 'rgb' else np.float32), key
+        assert obs[key].dtype == (np.uint8 if key in rgb_keys(shape_meta) else np.float32), key
     assert obs['agentview_image'].shape == (3, 84, 84)
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from agents import AGENTS
+from utils.shape_meta import rgb_keys
 from utils.training import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +87,7 @@ def test_image_agents(agent, network, lift_image_file, tmp_path):
     check_run_dir(run_dir, steps=2, eval_episodes=1)
     ckpt = load_checkpoint(os.path.join(run_dir, 'checkpoints', 'latest.pt'))
     assert ckpt['extra']['config']['network_type'] == network
-    assert any(m['type'] == 'rgb' for m in ckpt['extra']['shape_meta']['obs'].values())
+    assert rgb_keys(ckpt['extra']['shape_meta'])
 
 
 def tensors_equal(a, b, where='trainer'):

@@ -13,6 +13,8 @@ Storage: every key is one flat (rows, ...) array over all episodes; precomputed 
 
 import numpy as np
 
+from utils.shape_meta import low_dim_keys, rgb_keys
+
 
 class _GrowableArray:
     """A (rows, ...) numpy array with spare capacity, so episodes can be appended in amortised O(rows)."""
@@ -130,9 +132,8 @@ class Dataset:
         if self._stats is None:
             rows = self._step_row
             stats = {'actions': self._min_max(self._storage.actions[rows])}
-            for key, meta in self.shape_meta['obs'].items():
-                if meta['type'] == 'low_dim':
-                    stats[key] = self._min_max(self._storage.obs[key][rows])
+            for key in low_dim_keys(self.shape_meta):
+                stats[key] = self._min_max(self._storage.obs[key][rows])
             self._stats = stats
         return self._stats
 
@@ -162,8 +163,9 @@ class Dataset:
             raise ValueError(f'add_episode: keys {on_disk} are read from the on-disk cache; an online replay '
                              'buffer needs RAM storage (load with storage="ram" or a larger ram_budget_gb)')
         start = s.num_rows
-        for key, meta in self.shape_meta['obs'].items():
-            dtype = np.uint8 if meta['type'] == 'rgb' else np.float32
+        rgb = rgb_keys(self.shape_meta)
+        for key in self.shape_meta['obs']:
+            dtype = np.uint8 if key in rgb else np.float32
             s.obs[key].append(np.asarray(observations[key], dtype=dtype))
         s.actions.append(actions)
         s.rewards.append(np.asarray(rewards, dtype=np.float32))

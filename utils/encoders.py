@@ -12,38 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.network_utils import mlp
-
-
-def rgb_keys(shape_meta: dict) -> list[str]:
-    """Sorted observation keys of type 'rgb'."""
-    return sorted(k for k, v in shape_meta['obs'].items() if v.get('type', 'low_dim') == 'rgb')
-
-
-def low_dim_keys(shape_meta: dict) -> list[str]:
-    """Sorted observation keys of type 'low_dim'."""
-    return sorted(k for k, v in shape_meta['obs'].items() if v.get('type', 'low_dim') == 'low_dim')
-
-
-def validate_shape_meta(shape_meta) -> None:
-    """Raise a ValueError naming the key when shape_meta is not of the form in docs/ARCHITECTURE.md."""
-    if not isinstance(shape_meta, dict) and not hasattr(shape_meta, 'keys'):
-        raise ValueError(f'shape_meta must be a dict with keys "obs" and "action", got {type(shape_meta)}')
-    if 'obs' not in shape_meta or 'action' not in shape_meta:
-        raise ValueError(f'shape_meta must have keys "obs" and "action", got {sorted(shape_meta.keys())}'
-                         ' (config.shape_meta is filled from the dataset)')
-    if len(shape_meta['obs']) == 0:
-        raise ValueError('shape_meta["obs"] is empty: no observation keys selected')
-    for key, meta in shape_meta['obs'].items():
-        kind = meta.get('type', 'low_dim')
-        shape = tuple(meta['shape'])
-        if kind == 'rgb' and (len(shape) != 3 or shape[0] != 3):
-            raise ValueError(f'shape_meta["obs"]["{key}"]: rgb shape must be [3, H, W], got {list(shape)}')
-        if kind == 'low_dim' and len(shape) != 1:
-            raise ValueError(f'shape_meta["obs"]["{key}"]: low_dim shape must be [D], got {list(shape)}')
-        if kind not in ('rgb', 'low_dim'):
-            raise ValueError(f'shape_meta["obs"]["{key}"]: type must be "rgb" or "low_dim", got {kind!r}')
-    if len(tuple(shape_meta['action']['shape'])) != 1:
-        raise ValueError(f'shape_meta["action"]["shape"] must be [A], got {shape_meta["action"]["shape"]}')
+from utils.shape_meta import low_dim_keys, rgb_keys, validate_shape_meta
 
 
 def _module_device(module: nn.Module) -> torch.device:

@@ -18,13 +18,12 @@ from utils.encoders import (
     ImpalaCNN,
     MLPEncoder,
     MultiImageObsEncoder,
-    rgb_keys,
-    validate_shape_meta,
 )
 from utils.networks.chitransformer import ChiTransformer
 from utils.networks.chiunet import ChiUNet
 from utils.networks.mlp import MLP
 from utils.networks.value import Value
+from utils.shape_meta import rgb_keys, validate_shape_meta
 
 
 def get_network_config() -> ml_collections.ConfigDict:

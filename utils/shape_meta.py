@@ -1,14 +1,75 @@
-"""Helpers over `shape_meta` (observation keys and shapes, action shape; docs/ARCHITECTURE.md)."""
+"""The one place that knows the `shape_meta` layout (docs/ARCHITECTURE.md): rgb keys and the checks.
+
+    shape_meta = {'obs': {key: {'shape': [...], 'type': 'rgb' | 'low_dim'}}, 'action': {'shape': [A]}}
+
+An rgb key is a `*_image` key (`is_rgb_key`, the naming rule of robomimic files); everything downstream of
+the reader asks `rgb_keys(shape_meta)` / `low_dim_keys(shape_meta)` instead of repeating the rule.
+"""
 
 import numpy as np
+
+RGB, LOW_DIM = 'rgb', 'low_dim'
+RGB_KEY_SUFFIX = '_image'  # robomimic names camera observations '<camera>_image'
+
+
+def is_rgb_key(key: str) -> bool:
+    """An rgb observation key is a `*_image` key (holding uint8 H x W x 3 in the file)."""
+    return key.endswith(RGB_KEY_SUFFIX)
+
+
+def camera_name(key: str) -> str:
+    """The camera of an rgb key: 'agentview_image' -> 'agentview'."""
+    if not is_rgb_key(key):
+        raise ValueError(f'rgb observation key {key!r} must end in {RGB_KEY_SUFFIX!r}')
+    return key[:-len(RGB_KEY_SUFFIX)]
+
+
+def key_type(key: str) -> str:
+    """The shape_meta type of an observation key: 'rgb' for `*_image` keys, else 'low_dim'."""
+    return RGB if is_rgb_key(key) else LOW_DIM
+
+
+def rgb_keys(shape_meta: dict) -> list[str]:
+    """Sorted observation keys of type 'rgb'."""
+    return sorted(k for k, v in shape_meta['obs'].items() if v['type'] == RGB)
+
+
+def low_dim_keys(shape_meta: dict) -> list[str]:
+    """Sorted observation keys of type 'low_dim'."""
+    return sorted(k for k, v in shape_meta['obs'].items() if v['type'] == LOW_DIM)
+
+
+def validate_shape_meta(shape_meta) -> None:
+    """Raise a ValueError naming the key when shape_meta is not of the form in docs/ARCHITECTURE.md."""
+    if not isinstance(shape_meta, dict) and not hasattr(shape_meta, 'keys'):
+        raise ValueError(f'shape_meta must be a dict with keys "obs" and "action", got {type(shape_meta)}')
+    if 'obs' not in shape_meta or 'action' not in shape_meta:
+        raise ValueError(f'shape_meta must have keys "obs" and "action", got {sorted(shape_meta.keys())}'
+                         ' (config.shape_meta is filled from the dataset)')
+    if not hasattr(shape_meta['obs'], 'items') or len(shape_meta['obs']) == 0:
+        raise ValueError(f'shape_meta["obs"] must be a non-empty dict of observation keys, '
+                         f'got {shape_meta["obs"]!r:.200}')
+    for key, meta in shape_meta['obs'].items():
+        if not hasattr(meta, 'get') or 'shape' not in meta or meta.get('type') not in (RGB, LOW_DIM):
+            raise ValueError(f'shape_meta["obs"]["{key}"] needs "shape" and type "rgb" or "low_dim", '
+                             f'got {meta!r}')
+        shape = tuple(meta['shape'])
+        if meta['type'] == RGB and (len(shape) != 3 or shape[0] != 3):
+            raise ValueError(f'shape_meta["obs"]["{key}"]: rgb shape must be [3, H, W], got {list(shape)}')
+        if meta['type'] == LOW_DIM and len(shape) != 1:
+            raise ValueError(f'shape_meta["obs"]["{key}"]: low_dim shape must be [D], got {list(shape)}')
+    action = shape_meta['action'].get('shape') if hasattr(shape_meta['action'], 'get') else None
+    if action is None or len(tuple(action)) != 1 or int(action[0]) < 1:
+        raise ValueError(f'shape_meta["action"]["shape"] must be [A] with A >= 1, got {action!r}')
 
 
 def random_obs(shape_meta, batch_size, obs_steps, rng):
     """Raw observations (B, To, ...) as the rollout wrapper passes them (uint8 images)."""
     out = {}
+    rgb = set(rgb_keys(shape_meta))
     for key, meta in shape_meta['obs'].items():
         shape = (batch_size, obs_steps, *meta['shape'])
-        if meta['type'] == 'rgb':
+        if key in rgb:
             out[key] = rng.integers(0, 256, shape, dtype=np.uint8)
         else:
             out[key] = rng.uniform(-1, 1, shape).astype(np.float32)
