@@ -37,7 +37,7 @@ flags.DEFINE_string('dataset_path', None, 'hdf5 file to use instead of searching
 config_flags.DEFINE_config_file('agent', 'agents/fbc.py', 'Agent config file (fields: --agent.x=...).',
                                 lock_config=False)
 flags.DEFINE_enum('obs_type', None, ['state', 'image'],
-                  'Shortcut for --agent.obs_type (default: from the dataset).')
+                  'Shortcut for --agent.obs_type (default: from the data; contradicting it is an error).')
 flags.DEFINE_string('network_type', None, 'Shortcut for --agent.network_type (mlp, chiunet, chitransformer).')
 flags.DEFINE_integer('obs_steps', None, 'Shortcut for --agent.obs_steps (To).')
 
@@ -116,8 +116,9 @@ def make_run_dir(run_flags, config):
     return run_dir
 
 
-def build_config(argv):
-    """The agent config with the shortcut flags applied; `obs_type` follows the dataset unless given."""
+def build_config():
+    """The agent config with the shortcut flags applied; `obs_type` follows the data (one rule:
+    `env_utils.resolve_obs_type`), and a config value or flag that contradicts it is an error."""
     try:
         config = FLAGS.agent
         config.get('agent_name')  # config_flags reports a bad file on first use
@@ -127,12 +128,14 @@ def build_config(argv):
         value = getattr(FLAGS, name)
         if value is not None:
             config[name] = value
-    explicit_obs_type = FLAGS.obs_type is not None or any(a.startswith('--agent.obs_type') for a in argv)
-    if not explicit_obs_type:
-        config['obs_type'] = env_utils.parse_env_name(FLAGS.env_name).policy_obs_type
     for field in ('agent_name', 'obs_type', 'obs_steps', 'horizon_length', 'action_steps', 'batch_size'):
         if field not in config:
             raise UserError(f'--agent={FLAGS["agent"].config_filename}: config has no field {field!r}')
+    try:
+        obs_keys = config.get('obs_keys')
+        config['obs_type'] = env_utils.resolve_obs_type(FLAGS.env_name, config.obs_type, obs_keys)
+    except ValueError as e:
+        raise UserError(f'--agent.obs_type / --obs_type: {e}') from None
     if config.get('lr_decay_steps', None) == -1:  # -1 means: decay over the whole run
         config['lr_decay_steps'] = FLAGS.offline_steps
     return config
@@ -406,7 +409,7 @@ def main(argv):
         print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
         trainer = Trainer(run_flags, config, run_dir, resume_from=path)
     else:
-        config = build_config(sys.argv)
+        config = build_config()
         run_flags = {name: getattr(FLAGS, name) for name in EXPERIMENT_FLAGS}
         trainer = Trainer(run_flags, config)
     return trainer.train()

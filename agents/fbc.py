@@ -6,11 +6,12 @@ The network sees s = t in training and in sampling.
 
 import ml_collections
 import torch
+from ml_collections import config_dict
 from torch import nn
 
 from utils.network_factory import get_network_and_encoder, get_network_config
 from utils.normalizer import Normalizer
-from utils.shape_meta import validate_shape_meta
+from utils.shape_meta import OBS_TYPES, obs_type_of, validate_shape_meta
 from utils.torch_utils import pick_device, to_torch
 from utils.training import (
     Trainer,
@@ -29,7 +30,9 @@ def get_config():
     """FBC hyperparameters (network fields come from utils.network_factory.get_network_config())."""
     config = get_network_config()
     config.agent_name = 'fbc'  # registry key in agents.AGENTS
-    config.obs_type = 'state'  # 'state' (low-dim keys) or 'image' (rgb + proprioceptive keys)
+    # 'state' (low-dim keys) or 'image' (rgb + proprioceptive keys); None = from the data (env name or
+    # obs_keys). train_bc.py fills it in; a value that contradicts the data is an error.
+    config.obs_type = config_dict.placeholder(str)
     config.obs_steps = 2  # To: observations fed to the policy, steps i-To+1 .. i
     config.horizon_length = 16  # Tp: predicted action chunk, steps i .. i+Tp-1
     config.action_steps = 8  # Ta: actions of a chunk executed before predicting again (Ta <= Tp)
@@ -93,7 +96,10 @@ class BCAgent:
         """Check every field the agent reads once, with errors that name the field."""
         c = config
         _require(c.agent_name == cls.name, 'agent_name', c.agent_name, f"'{cls.name}' for {cls.__name__}")
-        _require(c.obs_type in ('state', 'image'), 'obs_type', c.obs_type, "'state' or 'image'")
+        _require(c.obs_type in (None, *OBS_TYPES), 'obs_type', c.obs_type, f'None or one of {OBS_TYPES}')
+        data = obs_type_of(c.shape_meta)
+        _require(c.obs_type in (None, data), 'obs_type', c.obs_type,
+                 f'None or {data!r}, the observation type of shape_meta (keys {sorted(c.shape_meta.obs)})')
         _require(int(c.obs_steps) >= 1, 'obs_steps', c.obs_steps, 'an integer >= 1')
         _require(int(c.horizon_length) >= 1, 'horizon_length', c.horizon_length, 'an integer >= 1')
         _require(1 <= int(c.action_steps) <= int(c.horizon_length), 'action_steps', c.action_steps,

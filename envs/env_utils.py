@@ -15,10 +15,11 @@ from envs.robomimic_utils import (
     load_datasets,
     max_episode_steps,
     parse_env_name,
+    resolve_obs_type,
     scripted_dataset_path,
 )
 
-__all__ = ['EnvFactory', 'make_env_and_datasets', 'parse_env_name', 'ensure_dataset']
+__all__ = ['EnvFactory', 'make_env_and_datasets', 'parse_env_name', 'resolve_obs_type', 'ensure_dataset']
 
 # Demos generated on first use of a scripted env name when no file exists yet.
 DEFAULT_SCRIPTED_DEMOS = {'low_dim': 200, 'image': 100}
@@ -63,12 +64,13 @@ def make_env_and_datasets(env_name, dataset_path=None, obs_type=None, obs_keys=N
                           max_episode_steps=None, **dataset_kwargs):
     """Return (env, eval_env, train_dataset, val_dataset) for an env name (or an explicit `dataset_path`).
 
-    obs_type defaults to the name's ('low_dim' -> 'state', 'image' -> 'image'). val_dataset is None when the
+    obs_type follows the data (`resolve_obs_type`: obs_keys, else the name's 'low_dim' -> 'state',
+    'image' -> 'image'); a given obs_type that contradicts it is a ValueError. val_dataset is None when the
     file holds no valid episodes. With `build_envs=False` both envs are None (use `EnvFactory`).
     Extra keyword arguments go to `envs.robomimic_utils.load_datasets` (ram_budget_gb, storage, ...).
     """
     parsed = parse_env_name(env_name)
-    obs_type = obs_type or parsed.policy_obs_type
+    obs_type = resolve_obs_type(parsed, obs_type, obs_keys)
     path = ensure_dataset(parsed, dataset_path)
     train, valid = load_datasets(path, obs_type, obs_keys=obs_keys, seed=seed, **dataset_kwargs)
     env = eval_env = None

@@ -6,6 +6,7 @@ Public API:
     get_dataset_path(name, dataset_path=None)   the hdf5 under $ROBOMIMIC_DATA_DIR (default ~/.robomimic)
     scripted_dataset_path(task, obs_type)       where envs.generate_demos writes its files
     default_obs_keys(obs_type, available_keys)  the obs keys a model reads by default
+    resolve_obs_type(name, requested, obs_keys) 'state' | 'image' from the data; a contradiction raises
     read_env_meta(path) / read_shape_meta(...)  see envs/hdf5_reader.py (re-exported here)
 
     load_datasets(path, obs_type, ...) -> (train, valid)   utils.datasets.Dataset objects over the file
@@ -28,7 +29,7 @@ from envs.hdf5_reader import (  # noqa: F401  (re-exported: the public reading A
     read_shape_meta,
 )
 from utils.datasets import Dataset, Storage
-from utils.shape_meta import is_rgb_key
+from utils.shape_meta import canonical_obs_type, is_rgb_key, obs_type_of_keys
 
 TASKS = ('lift', 'can', 'square', 'transport', 'tool_hang')
 DATASET_TYPES = ('ph', 'mh', 'mg', 'scripted')
@@ -60,7 +61,7 @@ class EnvName:
     @property
     def policy_obs_type(self) -> str:
         """The agent config's obs_type for this name: 'image' or 'state' (for 'low_dim')."""
-        return 'image' if self.is_image else 'state'
+        return canonical_obs_type(self.obs_type)
 
     def __str__(self) -> str:
         return f'{self.task}-{self.dataset_type}-{self.obs_type}'
@@ -152,13 +153,29 @@ _PROPRIO_RE = re.compile(r'^robot\d+_(eef_pos|eef_quat|gripper_qpos)$')
 
 def default_obs_keys(obs_type: str, available_keys) -> list[str]:
     """Default obs keys: state -> robot*_eef_pos/eef_quat/gripper_qpos, object; image -> *_image + proprio."""
-    if obs_type in ('state', 'low_dim'):
+    if canonical_obs_type(obs_type) == 'state':
         keys = [k for k in available_keys if _PROPRIO_RE.match(k) or k == 'object']
-    elif obs_type == 'image':
-        keys = [k for k in available_keys if is_rgb_key(k) or _PROPRIO_RE.match(k)]
     else:
-        raise ValueError(f"unknown obs_type {obs_type!r}; valid: 'state' (alias 'low_dim'), 'image'")
+        keys = [k for k in available_keys if is_rgb_key(k) or _PROPRIO_RE.match(k)]
     return sorted(keys)
+
+
+def resolve_obs_type(env_name: str | EnvName, requested: str | None = None, obs_keys=None) -> str:
+    """The observation type the data gives ('state' | 'image'): from `obs_keys` when given, else the env name.
+
+    This is the one rule for obs_type. `requested` (a config value or flag; None = from the data) that
+    contradicts the data is a ValueError naming both.
+    """
+    parsed = parse_env_name(env_name)
+    if obs_keys is not None:
+        data, source = obs_type_of_keys(obs_keys), f'obs_keys={list(obs_keys)}'
+    else:
+        data, source = parsed.policy_obs_type, f'env_name {str(parsed)!r}'
+    if requested is not None and canonical_obs_type(requested) != data:
+        raise ValueError(f'obs_type={requested!r} contradicts the data: {source} gives {data!r} '
+                         f'observations; leave obs_type unset (it follows the data) or choose data with '
+                         f'{requested!r} observations')
+    return data
 
 
 def load_datasets(path, obs_type: str, obs_keys=None, action_key: str = 'actions', ram_budget_gb: float = 4.0,

@@ -132,3 +132,13 @@ def test_save_load_resumes_exactly(name, tmp_path):
     other = next(n for n in AGENTS if n != name)
     with pytest.raises(ValueError, match=name):
         AGENTS[other].load(path)
+
+
+def test_obs_type_that_contradicts_shape_meta_is_an_error():
+    """config.obs_type None follows shape_meta; a value that contradicts it names the field and the keys."""
+    config = tiny_config('fbc', 'mlp', 'state')
+    config.obs_type = None
+    AGENTS['fbc'].create(SHAPE_METAS['state'], config)
+    config.obs_type = 'image'
+    with pytest.raises(ValueError, match=r"config.obs_type='image'.*'state'"):
+        AGENTS['fbc'].create(SHAPE_METAS['state'], config)

@@ -16,6 +16,7 @@ from envs.robomimic_utils import (
     load_datasets,
     max_episode_steps,
     parse_env_name,
+    resolve_obs_type,
     scripted_dataset_path,
 )
 from envs.synthetic import encode, lift_env_args, write_robomimic_file
@@ -50,6 +51,21 @@ def test_default_obs_keys():
                                                'robot1_eef_pos']
     with pytest.raises(ValueError, match='obs_type'):
         default_obs_keys('pixels', keys)
+    assert default_obs_keys('low_dim', keys) == default_obs_keys('state', keys)  # the one alias
+
+
+def test_obs_type_follows_the_data():
+    """One rule: obs_keys when given, else the env name; a contradicting value names both."""
+    assert resolve_obs_type('lift-ph-low_dim') == 'state'
+    assert resolve_obs_type('lift-ph-image') == 'image'
+    assert resolve_obs_type('lift-ph-image', 'image') == 'image'
+    assert resolve_obs_type('lift-ph-low_dim', 'low_dim') == 'state'
+    assert resolve_obs_type('lift-ph-image', obs_keys=['object', 'robot0_eef_pos']) == 'state'
+    assert resolve_obs_type('lift-ph-low_dim', 'image', obs_keys=['agentview_image']) == 'image'
+    with pytest.raises(ValueError, match=r"obs_type='image'.*'lift-ph-low_dim' gives 'state'"):
+        resolve_obs_type('lift-ph-low_dim', 'image')
+    with pytest.raises(ValueError, match=r"obs_type='state'.*obs_keys=\['agentview_image'\] gives 'image'"):
+        resolve_obs_type('lift-ph-low_dim', 'state', obs_keys=['agentview_image'])
 
 
 def test_get_dataset_path(tmp_path, monkeypatch):

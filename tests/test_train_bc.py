@@ -157,6 +157,9 @@ def test_eval_only_from_checkpoint(lift_state_file, tmp_path):
     (['--network_type=resnet_unet'], 'resnet_unet'),
     (['--dataset_path=/nonexistent/lift.hdf5'], '/nonexistent/lift.hdf5'),
     (['--env_name=lift-xx-low_dim'], 'lift-xx-low_dim'),
+    # a preset's obs_type that contradicts the data names both (not an encoder error later on)
+    (['--agent=agents/fbc_image.py'], "obs_type='image' contradicts the data: env_name 'lift-scripted"),
+    (['--obs_type=image'], "obs_type='image' contradicts the data"),
 ])
 def test_bad_flags_fail_clearly(args, message, request, tmp_path):
     if args[0].startswith('--network_type'):  # needs a real file to get as far as building the network

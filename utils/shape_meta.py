@@ -29,6 +29,28 @@ def key_type(key: str) -> str:
     return RGB if is_rgb_key(key) else LOW_DIM
 
 
+# Observation types of the agent config; robomimic names call 'state' 'low_dim' (the one alias).
+OBS_TYPES = ('state', 'image')
+_OBS_TYPE_ALIASES = {'state': 'state', 'low_dim': 'state', 'image': 'image'}
+
+
+def canonical_obs_type(obs_type: str) -> str:
+    """'state' | 'low_dim' (alias) | 'image' -> 'state' | 'image'; ValueError for anything else."""
+    if obs_type not in _OBS_TYPE_ALIASES:
+        raise ValueError(f"unknown obs_type {obs_type!r}; valid: 'state' (alias 'low_dim'), 'image'")
+    return _OBS_TYPE_ALIASES[obs_type]
+
+
+def obs_type_of_keys(keys) -> str:
+    """The observation type that a list of obs keys makes: 'image' with an rgb key, else 'state'."""
+    return 'image' if any(is_rgb_key(k) for k in keys) else 'state'
+
+
+def obs_type_of(shape_meta: dict) -> str:
+    """The observation type of a shape_meta: 'image' when it has an rgb key, else 'state'."""
+    return 'image' if rgb_keys(shape_meta) else 'state'
+
+
 def rgb_keys(shape_meta: dict) -> list[str]:
     """Sorted observation keys of type 'rgb'."""
     return sorted(k for k, v in shape_meta['obs'].items() if v['type'] == RGB)
