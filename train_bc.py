@@ -27,7 +27,7 @@ from envs import env_utils
 from envs.evaluation import evaluate
 from utils.logging import CsvLogger, WandbLogger, write_video
 from utils.torch_utils import pick_device
-from utils.training import load_checkpoint
+from utils.training import get_rng_state, load_checkpoint, set_rng_state
 
 FLAGS = flags.FLAGS
 
@@ -205,38 +205,38 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _trainer_state(self):
+        """The run's state (the agent saves its own): step, best score, dataset and global RNGs."""
         return {
             'step': self.step,
             'best_success': self.best_success,
             'wandb_id': self.wandb_id,
-            'train_rng': self.train_ds.rng.bit_generator.state,
-            'val_rng': None if self.val_ds is None else self.val_ds.rng.bit_generator.state,
-            'torch_rng': torch.get_rng_state(),
-            'cuda_rng': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            'python_rng': random.getstate(),
+            'train_rng': self.train_ds.rng_state(),
+            'val_rng': None if self.val_ds is None else self.val_ds.rng_state(),
+            'global_rng': get_rng_state(),  # torch CPU, CUDA and python
         }
 
     def _restore_trainer_state(self, state):
         self.step = state['step']
         self.best_success = state['best_success']
         self.wandb_id = state['wandb_id']
-        self.train_ds.rng.bit_generator.state = state['train_rng']
+        self.train_ds.set_rng_state(state['train_rng'])
         if self.val_ds is not None and state['val_rng'] is not None:
-            self.val_ds.rng.bit_generator.state = state['val_rng']
-        torch.set_rng_state(state['torch_rng'])
-        if state['cuda_rng'] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state['cuda_rng'])
-        random.setstate(state['python_rng'])
+            self.val_ds.set_rng_state(state['val_rng'])
+        if 'global_rng' in state:
+            set_rng_state(state['global_rng'])
+        else:  # checkpoints written before the run owned one global-RNG entry
+            set_rng_state({'torch': state['torch_rng'], 'cuda': state['cuda_rng'] or [],
+                           'python': state['python_rng']})
 
     def save(self, name):
-        """Write checkpoints/<name>.pt atomically; it carries everything needed to evaluate or resume."""
+        """Write checkpoints/<name>.pt atomically; it carries everything needed to evaluate or resume.
+
+        The agent writes its own state (config and shape_meta included); `extra` holds the run's."""
         folder = os.path.join(self.run_dir, 'checkpoints')
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f'{name}.pt')
         extra = {
             'trainer': self._trainer_state(),
-            'config': self.config.to_dict(),
-            'shape_meta': self.shape_meta,
             'env': self.env_info,
             'flags': self.flags,
             'code_version': git_version(),
@@ -348,14 +348,15 @@ def run_evaluation(agent, config, shape_meta, env_info, f):
 
 
 def load_extra(path):
-    """The trainer's metadata stored in a checkpoint file."""
+    """The run's metadata stored in a checkpoint file, with the agent's config and shape_meta added."""
     if not os.path.isfile(path):
         raise UserError(f'checkpoint {path!r} does not exist')
     ckpt = load_checkpoint(path)
     extra = ckpt.get('extra') if isinstance(ckpt, dict) else None
     if not isinstance(extra, dict) or 'trainer' not in extra:
         raise UserError(f'{path!r} is not a train_bc.py checkpoint (no trainer metadata)')
-    return ckpt['extra']
+    # config and shape_meta are the agent's (older checkpoints stored a second copy in extra)
+    return {**extra, 'config': ckpt['config'], 'shape_meta': ckpt['shape_meta']}
 
 
 def resolve_checkpoint(path):

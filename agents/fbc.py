@@ -17,10 +17,8 @@ from utils.training import (
     Trainer,
     autocast,
     eval_mode,
-    get_rng_state,
     load_checkpoint,
     save_checkpoint,
-    set_rng_state,
 )
 
 CHECKPOINT_FORMAT = 'acfql_pytorch-agent-v1'
@@ -226,22 +224,25 @@ class BCAgent:
         """Restore `extra_state()`."""
 
     def save(self, path, extra=None, overwrite=False):
-        """Write everything needed to resume: config, shape_meta, normalizer, weights, optimizer, scheduler,
-        EMA, step and RNG states; `extra` is stored as is (e.g. the dataset's rng state)."""
+        """Write the agent's state: config, shape_meta, normalizer, weights, optimizer, scheduler, EMA, step
+        and the agent's own generators; `extra` (the run's state: step, dataset and global RNGs) is stored
+        as is and never read by the agent."""
         payload = {
             'format': CHECKPOINT_FORMAT, 'agent_name': self.name, 'seed': self.seed,
             'config': self.config.to_dict(), 'shape_meta': self.shape_meta,
             'normalizer': self.normalizer.state_dict(), 'trainer': self.trainer.state_dict(),
             'extra_state': self.extra_state(),
-            'rng': {'train': self.rng.get_state(), 'sample': self.sample_rng.get_state(),
-                    'global': get_rng_state()},
+            'rng': {'train': self.rng.get_state(), 'sample': self.sample_rng.get_state()},
             'extra': extra,
         }
         save_checkpoint(path, payload, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path, device=None, restore_global_rng=True):
-        """Rebuild an agent saved with `save` (device None = 'auto'); `extra` comes back as `agent.extra`."""
+    def load(cls, path, device=None):
+        """Rebuild an agent saved with `save` (device None = 'auto'); `extra` comes back as `agent.extra`.
+
+        The global RNGs belong to the run, not the agent: they are left alone (older checkpoints that also
+        hold them under rng['global'] load the same way)."""
         payload = load_checkpoint(path, device='cpu')
         if payload.get('format') != CHECKPOINT_FORMAT:
             raise ValueError(f'{path!r} is not an agent checkpoint (format {payload.get("format")!r}, '
@@ -257,8 +258,6 @@ class BCAgent:
         agent.load_extra_state(payload['extra_state'])
         agent.rng.set_state(payload['rng']['train'].cpu())
         agent.sample_rng.set_state(payload['rng']['sample'].cpu())
-        if restore_global_rng:
-            set_rng_state(payload['rng']['global'])
         agent.extra = payload['extra']
         return agent
 

@@ -9,6 +9,7 @@ import torch
 from agents import AGENTS
 from utils.network_factory import NETWORKS
 from utils.shape_meta import low_dim_keys, random_obs
+from utils.training import load_checkpoint, save_checkpoint
 
 IMAGE_KEY, LOW_KEY = 'agentview_image', 'robot0_eef_pos'
 SHAPE_METAS = {
@@ -120,7 +121,9 @@ def test_save_load_resumes_exactly(name, tmp_path):
     agent.save(path, extra={'dataset_rng': 'state'})
     with pytest.raises(FileExistsError):
         agent.save(path)  # a checkpoint is never overwritten silently
+    global_rng = torch.get_rng_state()
     loaded = AGENTS[name].load(path)
+    assert torch.equal(torch.get_rng_state(), global_rng), 'the global RNG is the run\'s, not the agent\'s'
     assert loaded.extra == {'dataset_rng': 'state'} and loaded.trainer.step == 3
     obs = raw_batch(shape_meta, rng)['observations']
     assert torch.equal(agent.sample_actions(obs, seed=11), loaded.sample_actions(obs, seed=11))
@@ -129,6 +132,11 @@ def test_save_load_resumes_exactly(name, tmp_path):
     assert info_a == info_b
     for p, q in zip(agent.model.parameters(), loaded.model.parameters(), strict=True):
         assert torch.equal(p, q)
+    old = load_checkpoint(path)  # a checkpoint written when the agent also saved the global RNG
+    old['rng']['global'] = {'torch': torch.get_rng_state(), 'cuda': [], 'python': None}
+    save_checkpoint(tmp_path / 'old.pt', old)
+    assert torch.equal(AGENTS[name].load(tmp_path / 'old.pt').sample_actions(obs, seed=11),
+                       AGENTS[name].load(path).sample_actions(obs, seed=11))
     other = next(n for n in AGENTS if n != name)
     with pytest.raises(ValueError, match=name):
         AGENTS[other].load(path)
