@@ -193,6 +193,10 @@ class Trainer:
         else:
             self.agent = agent_cls.load(resume_from, device=self.device)
             self._restore_trainer_state(self.agent.extra['trainer'])
+        # validation's own noise: it draws nothing from the agent's or the global RNGs
+        self.val_generator = torch.Generator(self.agent.device).manual_seed(run_flags['seed'] + 2)
+        if resume_from is not None and 'val_noise_rng' in self.agent.extra['trainer']:
+            self.val_generator.set_state(self.agent.extra['trainer']['val_noise_rng'])
         if run_dir is None:
             run_dir = self.run_dir = make_run_dir(run_flags, config)
         self.train_csv = CsvLogger(os.path.join(run_dir, 'train.csv'))
@@ -213,6 +217,7 @@ class Trainer:
             'train_rng': self.train_ds.rng_state(),
             'val_rng': None if self.val_ds is None else self.val_ds.rng_state(),
             'global_rng': get_rng_state(),  # torch CPU, CUDA and python
+            'val_noise_rng': self.val_generator.get_state(),
         }
 
     def _restore_trainer_state(self, state):
@@ -249,7 +254,7 @@ class Trainer:
         """Losses on one batch of the valid split (no update)."""
         if self.val_ds is None or len(self.val_ds) == 0:
             return {}
-        info = validation_losses(self.agent, self.sample(self.val_ds))
+        info = self.agent.validation_losses(self.sample(self.val_ds), self.val_generator)
         return {f'val/{k}': v for k, v in scalars(info).items()}
 
     def sample(self, dataset):
@@ -317,15 +322,6 @@ class Trainer:
         print(f'done: step {self.step}, {wall:.0f} s since start, best success rate {best}; '
               f'run directory {self.run_dir}', file=sys.stderr)
         return 0
-
-
-def validation_losses(agent, batch):
-    """The agent's training losses on a held-out raw batch; no update, the training RNG is left as it was."""
-    rng_state = agent.rng.get_state()
-    with torch.no_grad():
-        _, info = agent.total_loss(agent.prepare_batch(batch))
-    agent.rng.set_state(rng_state)
-    return info
 
 
 def run_evaluation(agent, config, shape_meta, env_info, f):

@@ -183,6 +183,19 @@ class BCAgent:
         info['train/step'] = self.trainer.step
         return {k: float(v) for k, v in info.items()}
 
+    @torch.no_grad()
+    def validation_losses(self, batch, generator):
+        """The training losses on a held-out raw batch, in eval mode (center crops, no dropout), with all
+        noise and times drawn from `generator`; no update, no draw from the agent's or the global RNGs."""
+        batch = self.prepare_batch(batch)
+        train_rng, self.rng = self.rng, generator
+        try:
+            with eval_mode(self.model), autocast(self.device, self.config.use_bf16):
+                _, info = self.total_loss(batch)
+        finally:
+            self.rng = train_rng
+        return info
+
     # ----------------------------------------------------------------- sampling
     def check_observations(self, obs):
         """Raise a clear error when an observation key is missing or has the wrong shape."""

@@ -150,3 +150,18 @@ def test_obs_type_that_contradicts_shape_meta_is_an_error():
     config.obs_type = 'image'
     with pytest.raises(ValueError, match=r"config.obs_type='image'.*'state'"):
         AGENTS['fbc'].create(SHAPE_METAS['state'], config)
+
+
+@pytest.mark.parametrize('name', sorted(AGENTS))
+def test_validation_draws_only_from_its_own_generator(name):
+    """Validation losses: eval mode, noise from its own generator, no draw from the agent or global RNGs."""
+    shape_meta = SHAPE_METAS['image']
+    agent = AGENTS[name].create(shape_meta, tiny_config(name, 'mlp', 'image'),
+                                normalizer_stats=normalizer_stats(shape_meta), seed=0)
+    batch = raw_batch(shape_meta, np.random.default_rng(0))
+    global_rng, agent_rng = torch.get_rng_state(), agent.rng.get_state()
+    first = agent.validation_losses(batch, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), global_rng) and torch.equal(agent.rng.get_state(), agent_rng)
+    assert agent.model.training, 'validation must restore the training mode'
+    again = agent.validation_losses(batch, torch.Generator().manual_seed(5))
+    assert {k: float(v) for k, v in first.items()} == {k: float(v) for k, v in again.items()}
