@@ -154,7 +154,7 @@ def first_loss(info):
     return next(iter(info.values()), float('nan'))
 
 
-class Trainer:
+class Run:
     """Owns the run: datasets, agent, loggers, checkpoints, evaluation."""
 
     def __init__(self, run_flags, config, run_dir=None, resume_from=None):
@@ -404,11 +404,11 @@ def main(argv):
         config = type(FLAGS.agent)(extra['config'])
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
-        trainer = Trainer(run_flags, config, run_dir, resume_from=path)
+        trainer = Run(run_flags, config, run_dir, resume_from=path)
     else:
         config = build_config()
         run_flags = {name: getattr(FLAGS, name) for name in EXPERIMENT_FLAGS}
-        trainer = Trainer(run_flags, config)
+        trainer = Run(run_flags, config)
     return trainer.train()
 
 

@@ -1,6 +1,7 @@
 """FBC: flow-matching behaviour cloning; also the base class shared by MFBC, IMFBC and FQL.
 
-Time runs from noise (t = 0) to data (t = 1): x_t = (1 - t) z + t a, v_cond = a - z (REFERENCE §1).
+Time runs from noise (t = 0) to data (t = 1): x_t = (1 - t) z + t a, v_cond = a - z (rectified flow / flow
+matching, Lipman et al. 2023, Liu et al. 2023).
 The network sees s = t in training and in sampling.
 """
 

@@ -2,7 +2,7 @@
 
 Modules: BC flow policy v_theta (the FBC network), one-step policy mu(o, z) = z + net(z, 0, 1, cond(o)),
 critic ensemble Q_k(o, chunk) with a Polyak target. Rewards, masks and valid come from the dataset batch
-(chunk length Tp, bootstrap with discount ** Tp). REFERENCE §1.
+(chunk length Tp, bootstrap with discount ** Tp), as in Q-chunking.
 """
 
 import contextlib
@@ -201,6 +201,3 @@ class FQLAgent(BCAgent):
     def load_extra_state(self, state):
         """Restore the target critic."""
         self.target.load_state_dict(state['target'])
-
-
-ACFQLAgent = FQLAgent

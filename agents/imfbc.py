@@ -1,4 +1,4 @@
-"""IMFBC: improved MeanFlow BC (iMF, arXiv 2512.02012) in our noise -> data convention (REFERENCE §1).
+"""IMFBC: improved MeanFlow BC (iMF, arXiv 2512.02012) in our noise -> data convention.
 
 Two changes to MFBC: the JVP tangent is the model's own velocity v_theta(x_s, s) = u_theta(x_s, s, s)
 (no gradient) instead of v_cond, and the loss regresses the compound V_theta = u_theta(x_s, s, t)
@@ -6,8 +6,8 @@ Two changes to MFBC: the JVP tangent is the model's own velocity v_theta(x_s, s)
 
 The velocity loss || v_theta(x_s, s) - v_cond ||^2: since v_theta is u_theta(x, s, s), the compound loss on
 the `flow_ratio` fraction with s = t already is that loss. An extra velocity term on every sample
-(`velocity_loss_weight`, REFERENCE §1 "plus a velocity loss") is optional and off by default (a deviation from
-REFERENCE): with the numerics test's settings (3000 steps, p = 0, seeds 0-3) weight 1 left the one-step std
+(`velocity_loss_weight`, the paper's extra velocity loss) is optional and off by default (a deviation from
+the paper): with the numerics test's settings (3000 steps, p = 0, seeds 0-3) weight 1 left the one-step std
 3-21% too wide (over 10% on 3 of 4 seeds; 7-11% after 6000 steps on seed 0), weight 0 2-8% (MFBC: 6-7% on
 seed 0). Both share the fixed point u*; the extra term, whose target v_cond is very noisy, slows the learning
 of u at large t - s, which one-step sampling uses.
@@ -24,7 +24,7 @@ def get_config():
     """IMFBC hyperparameters: MFBC's plus the weight of the optional extra velocity loss."""
     config = get_mfbc_config()
     config.agent_name = 'imfbc'  # registry key in agents.AGENTS
-    # weight of an extra || u(x_s, s, s) - v_cond ||^2 on every sample (REFERENCE §1's velocity loss);
+    # weight of an extra || u(x_s, s, s) - v_cond ||^2 on every sample (the paper's velocity loss);
     # 0 = the velocity is learned only where s = t, through the compound loss (see the module docstring)
     config.velocity_loss_weight = 0.0
     return config

@@ -1,7 +1,8 @@
 """MFBC: MeanFlow behaviour cloning. Learns the average velocity u(x, s, t) of the flow map X_{s,t}.
 
 Our convention (t = 0 noise, t = 1 data): u(x_s, s, t) = v(x_s, s) + (t - s) du/ds with
-du/ds = d_s u + (d_x u) v, computed as a forward-mode JVP along the tangent (v, 1, 0) (REFERENCE §1).
+du/ds = d_s u + (d_x u) v, computed as a forward-mode JVP along the tangent (v, 1, 0)
+(MeanFlow, Geng et al. 2025, arXiv 2505.13447).
 """
 
 import torch

@@ -1,6 +1,6 @@
 """A robosuite environment built from a robomimic file's `env_args`, with observations laid out like the file.
 
-The env is described by a small picklable spec (`RobosuiteEnv(**env.spec)` rebuilds it in a worker process):
+The env is described by small picklable arguments (`envs.env_utils.EnvFactory` rebuilds it in a worker):
 
     env_meta = {'env_args': dict,               # the file's data.attrs['env_args'], parsed
                 'render_quality': 'default' | 'cheap',
@@ -174,13 +174,6 @@ class RobosuiteEnv:
         self._render_ctx = None
         self._steps = 0
         self._success = False
-
-    @property
-    def spec(self):
-        """Small picklable dict such that RobosuiteEnv(**spec) builds the same env in another process."""
-        return dict(env_meta=copy.deepcopy(self.env_meta), shape_meta=copy.deepcopy(self.shape_meta),
-                    max_episode_steps=self.max_episode_steps, enable_render=self.enable_render,
-                    hard_reset=self.hard_reset)
 
     def _sync_render(self):
         """Make this env's GL context current and give it the render setting (a hard reset makes a new one).

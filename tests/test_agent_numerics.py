@@ -72,7 +72,7 @@ def check_matches_data(agent, std_tol=0.1):
 
 
 def gaussian_flow(mu, sigma):
-    """Analytic u*(x, s, t) and v*(x, s) for 1-D data N(mu, sigma^2) (REFERENCE §1); mu, sigma broadcast."""
+    """Analytic u*(x, s, t) and v*(x, s) for 1-D data N(mu, sigma^2), linear path; mu, sigma broadcast."""
     def m(s):
         return s * mu
 

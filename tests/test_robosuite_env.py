@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from envs.env_utils import EnvFactory
 from envs.hdf5_reader import list_obs_keys, read_env_meta, read_shape_meta
 from envs.robosuite_env import RobosuiteEnv, build_env_kwargs, is_flat_controller_config
 from envs.synthetic import lift_env_args
@@ -119,12 +120,12 @@ def test_step_done_at_max_steps(lift_state_file):
     assert dones == [False, False, True] and info['success'] is False
 
 
-def test_spec_pickles_and_rebuilds(lift_state_file):
-    """env.spec is a small picklable dict; RobosuiteEnv(**spec) rebuilds an env with the same resets."""
-    env, _ = _env_from_file(lift_state_file)
-    blob = pickle.dumps(env.spec)
+def test_env_factory_pickles_and_rebuilds(lift_state_file):
+    """EnvFactory is a small picklable recipe; unpickled, it rebuilds an env with the same resets."""
+    env, shape_meta = _env_from_file(lift_state_file)
+    blob = pickle.dumps(EnvFactory(read_env_meta(lift_state_file), shape_meta, 400))
     assert len(blob) < 20_000
-    clone = RobosuiteEnv(**pickle.loads(blob))
+    clone = pickle.loads(blob)()
     np.testing.assert_array_equal(env.reset(seed=7)['object'], clone.reset(seed=7)['object'])
     env.close()
     clone.close()

@@ -82,11 +82,6 @@ class Dataset:
         return len(self._starts)
 
     @property
-    def episode_lengths(self) -> np.ndarray:
-        """(E,) steps per episode."""
-        return self._lengths.copy()
-
-    @property
     def storage_mode(self) -> str:
         """'ram' when every key is held in RAM, 'cache' when image keys are read from the on-disk cache."""
         return 'ram' if all(isinstance(c, _GrowableArray) for c in self._storage.obs.values()) else 'cache'

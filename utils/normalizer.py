@@ -36,10 +36,6 @@ class Normalizer:
             self._offset[key] = torch.as_tensor((hi + lo) / 2.0, dtype=torch.float32, device=self.device)
             self._scale[key] = torch.as_tensor(scale, dtype=torch.float32, device=self.device)
 
-    def to(self, device):
-        """Return a copy on `device`."""
-        return Normalizer(self.stats, eps=self.eps, device=device)
-
     def normalize(self, key, x):
         """Map raw values of `key` (..., *shape) to normalized units; unknown keys pass through."""
         if key not in self.stats:

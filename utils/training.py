@@ -7,7 +7,6 @@ import os
 import random
 
 import torch
-from torch import nn
 
 __all__ = ['EMA', 'Trainer', 'autocast', 'eval_mode', 'load_checkpoint', 'lr_lambda', 'polyak_update',
            'get_rng_state', 'save_checkpoint', 'set_rng_state', 'strip_compile_prefix']
@@ -191,8 +190,3 @@ def load_checkpoint(path, device='cpu'):
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint {path!r} does not exist')
     return torch.load(path, map_location=device, weights_only=False)
-
-
-def count_params(module):
-    """Number of parameters of a module."""
-    return sum(p.numel() for p in module.parameters()) if isinstance(module, nn.Module) else 0
