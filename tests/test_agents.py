@@ -165,3 +165,20 @@ def test_validation_draws_only_from_its_own_generator(name):
     assert agent.model.training, 'validation must restore the training mode'
     again = agent.validation_losses(batch, torch.Generator().manual_seed(5))
     assert {k: float(v) for k, v in first.items()} == {k: float(v) for k, v in again.items()}
+
+
+def test_fbc_image_preset_states_only_what_differs():
+    """agents/fbc_image.py sets only fields whose value differs from FBC's get_config()."""
+    import ast
+    from pathlib import Path
+
+    from agents.fbc import get_config as fbc_config
+    from agents.fbc_image import get_config as image_config
+
+    source = (Path(__file__).resolve().parent.parent / 'agents' / 'fbc_image.py').read_text()
+    assigns = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Assign)]
+    targets = [t for n in assigns for t in n.targets if isinstance(t, ast.Attribute)]
+    fields = [t.attr for t in targets if getattr(t.value, 'id', '') == 'config']
+    base, preset = fbc_config().to_dict(), image_config().to_dict()
+    same = [f for f in fields if base[f] == preset[f]]
+    assert fields and not same, f'fbc_image.py restates FBC defaults: {same}'
