@@ -10,10 +10,12 @@ Experiment flags live here; hyperparameters live in the agent config file (`--ag
 no agent by name: every agent has `create / update / sample_actions / save / load`.
 """
 
+import importlib
 import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +26,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from envs import env_utils
-from envs.evaluation import evaluate
+from envs.evaluation import evaluate_episodes
+from envs.task_defaults import task_defaults
 from utils.logging import CsvLogger, WandbLogger, write_video
 from utils.torch_utils import pick_device
 from utils.training import get_rng_state, load_checkpoint, set_rng_state
@@ -49,7 +52,9 @@ flags.DEFINE_integer('eval_episodes', 50, 'Evaluation episodes (0: no evaluation
 flags.DEFINE_integer('eval_max_steps', None, 'Step limit per evaluation episode (default: per task).')
 flags.DEFINE_integer('eval_workers', None, 'Evaluation worker processes (default: min(episodes, CPU cores)).')
 flags.DEFINE_integer('eval_seed', 1_000_000, 'Episode k of every evaluation resets with seed eval_seed + k.')
-flags.DEFINE_integer('video_episodes', 0, 'Evaluation episodes recorded as mp4.')
+flags.DEFINE_integer('video_episodes', 0, 'Evaluation episodes recorded as mp4 (the first ones).')
+flags.DEFINE_integer('video_failures', 0, 'Failed evaluation episodes recorded as mp4 (the first to finish; '
+                     'every episode is rendered while recording, so evaluation is slower).')
 
 flags.DEFINE_integer('seed', 0, 'Seed for the agent, the dataset sampler and torch.')
 flags.DEFINE_string('save_dir', 'runs', 'Parent directory of run directories.')
@@ -63,13 +68,15 @@ flags.DEFINE_string('checkpoint', None, 'Checkpoint file for --eval_only.')
 
 # Experiment flags a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ('offline_steps', 'log_interval', 'eval_interval', 'save_interval', 'eval_episodes',
-                      'eval_max_steps', 'eval_workers', 'video_episodes', 'wandb_mode', 'device')
+                      'eval_max_steps', 'eval_workers', 'video_episodes', 'video_failures', 'wandb_mode',
+                      'device')
 EXPERIMENT_FLAGS = ('env_name', 'dataset_path', 'offline_steps', 'log_interval', 'eval_interval',
                     'save_interval', 'eval_episodes', 'eval_max_steps', 'eval_workers', 'eval_seed',
-                    'video_episodes', 'seed',
+                    'video_episodes', 'video_failures', 'seed',
                     'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device')
 
 
+SHORTCUT_FLAGS = ('obs_type', 'network_type', 'obs_steps')  # --x is short for --agent.x
 VIDEO_FPS = 20  # robomimic control frequency
 
 
@@ -124,7 +131,7 @@ def build_config():
         config.get('agent_name')  # config_flags reports a bad file on first use
     except OSError as e:
         raise UserError(f'--agent={FLAGS["agent"].config_filename}: cannot load the agent config: {e}') from e
-    for name in ('obs_type', 'network_type', 'obs_steps'):
+    for name in SHORTCUT_FLAGS:
         value = getattr(FLAGS, name)
         if value is not None:
             config[name] = value
@@ -139,6 +146,48 @@ def build_config():
     if config.get('lr_decay_steps', None) == -1:  # -1 means: decay over the whole run
         config['lr_decay_steps'] = FLAGS.offline_steps
     return config
+
+
+def task_recipe():
+    """(flag values, agent field values) of `envs.task_defaults` for --env_name and the agent file."""
+    task = env_utils.parse_env_name(FLAGS.env_name).task
+    try:
+        agent_name = FLAGS.agent.get('agent_name')
+    except OSError:  # a bad --agent file: build_config reports it
+        return {}, {}
+    return task_defaults(task, agent_name)
+
+
+def apply_task_flag_defaults(flag_values):
+    """Set the experiment flags of the task recipe that are not on the command line; returns those set."""
+    applied = {}
+    for name, value in flag_values.items():
+        if not FLAGS[name].present:
+            setattr(FLAGS, name, value)
+            applied[name] = value
+    return applied
+
+
+def apply_task_field_defaults(config, fields):
+    """Set the recipe's agent fields that the user did not give (in place); returns those set.
+
+    Given: a field set by `--agent.x` or a shortcut flag, or one the agent file sets to a value other than
+    its agent's `get_config()` (a preset states what differs, and that wins over the task's recipe).
+    """
+    from agents import AGENTS
+
+    if not fields or config.agent_name not in AGENTS:
+        return {}
+    base = importlib.import_module(AGENTS[config.agent_name].__module__).get_config()
+    given = set(config_flags.get_override_values(FLAGS['agent']))
+    given |= {name for name in SHORTCUT_FLAGS if getattr(FLAGS, name) is not None}
+    given |= {k for k in base if k in config and config[k] != base[k]}
+    applied = {}
+    for name, value in fields.items():
+        if name not in given:
+            config[name] = value
+            applied[f'agent.{name}'] = value
+    return applied
 
 
 def scalars(info):
@@ -201,6 +250,7 @@ class Run:
             run_dir = self.run_dir = make_run_dir(run_flags, config)
         self.train_csv = CsvLogger(os.path.join(run_dir, 'train.csv'))
         self.eval_csv = CsvLogger(os.path.join(run_dir, 'eval.csv'))
+        self.episodes_csv = CsvLogger(os.path.join(run_dir, 'episodes.csv'), key=('step', 'episode'))
         self.wandb = WandbLogger(run_flags['wandb_project'], run_flags['wandb_mode'], run_dir,
                                  config={**run_flags, 'agent': config.to_dict()},
                                  group=run_flags['run_group'],
@@ -263,74 +313,123 @@ class Run:
                                        discount=c.get('discount', 0.99))
 
     def run_eval(self):
-        """Evaluate the agent (EMA weights, eval mode) and log eval.csv / wandb / videos."""
+        """Evaluate the agent (EMA weights, eval mode); log eval.csv, episodes.csv, wandb and videos."""
         f = self.flags
-        stats, videos = run_evaluation(self.agent, self.config, self.shape_meta, self.env_info, f)
-        row = {'step': self.step, **stats}
-        self.eval_csv.log(row)
+        stats, episodes = run_evaluation(self.agent, self.config, self.shape_meta, self.env_info, f)
+        self.eval_csv.log({'step': self.step, **stats})
+        for e in episodes:
+            self.episodes_csv.log({'step': self.step, **{k: v for k, v in e.items() if k != 'frames'}})
         self.wandb.log({f'eval/{k}': v for k, v in stats.items()}, step=self.step)
-        if videos:
-            folder = os.path.join(self.run_dir, 'videos')
-            os.makedirs(folder, exist_ok=True)
-            paths = [write_video(os.path.join(folder, f'step{self.step:08d}_ep{k}.mp4'), v,
-                                 fps=VIDEO_FPS) for k, v in enumerate(videos)]
-            self.wandb.log_videos('eval/video', paths, step=self.step)
+        paths = write_episode_videos(os.path.join(self.run_dir, 'videos'), f'step{self.step:08d}_', episodes)
+        self.wandb.log_videos('eval/video', paths, step=self.step)
         tqdm.tqdm.write(f'step {self.step}: success_rate={stats["success_rate"]:.3f} '
+                        f'[{stats["success_ci_low"]:.3f}, {stats["success_ci_high"]:.3f}] '
                         f'episode_length={stats["episode_length"]:.1f} ({stats["num_episodes"]} episodes)')
         return stats
 
     def train(self):
-        """Run the training loop until `offline_steps`; returns the exit code."""
+        """Run the training loop until `offline_steps`; returns the exit code.
+
+        SIGINT / SIGTERM stop the loop after the current step (or evaluation): `latest` is written and the
+        resume command printed; the exit code is 128 + the signal number.
+        """
         f = self.flags
         total = f['offline_steps']
         due = lambda interval: (interval > 0 and self.step % interval == 0) or self.step == total  # noqa: E731
         bar = tqdm.tqdm(total=total, initial=self.step, unit='step', dynamic_ncols=True, mininterval=1.0,
                         file=sys.stderr)
         window_start, window_steps = time.perf_counter(), 0
-        while self.step < total:
-            info = scalars(self.agent.update(self.sample(self.train_ds)))
-            bad = {k: v for k, v in info.items() if not math.isfinite(v)}
-            if bad:
-                bar.close()
-                ckpts = os.path.join(self.run_dir, 'checkpoints')
-                print(f'error: non-finite loss at step {self.step + 1}: {bad}. Stopped; the last good '
-                      f'checkpoint (if any) is in {ckpts}', file=sys.stderr)
-                return 3
-            self.step += 1
-            window_steps += 1
-            bar.update(1)
-            if self.step % 10 == 0 or self.step == 1:
-                bar.set_postfix(loss=f'{first_loss(info):.4f}', refresh=False)
-            if due(f['log_interval']):
-                elapsed = time.perf_counter() - window_start
-                row = {'step': self.step, 'steps_per_s': window_steps / max(elapsed, 1e-9), **info,
-                       **self.validation()}
-                self.train_csv.log(row)
-                self.wandb.log(row, step=self.step)
-                window_start, window_steps = time.perf_counter(), 0
-            if f['eval_episodes'] > 0 and due(f['eval_interval']):
-                stats = self.run_eval()
-                if stats['success_rate'] > self.best_success:
-                    self.best_success = stats['success_rate']
-                    self.save('best')
-            if due(f['save_interval']):
-                self.save('latest')
+        last_eval = None
+        with StopSignals() as stop:
+            while self.step < total:
+                info = scalars(self.agent.update(self.sample(self.train_ds)))
+                bad = {k: v for k, v in info.items() if not math.isfinite(v)}
+                if bad:
+                    bar.close()
+                    ckpts = os.path.join(self.run_dir, 'checkpoints')
+                    print(f'error: non-finite loss at step {self.step + 1}: {bad}. Stopped; the last good '
+                          f'checkpoint (if any) is in {ckpts}', file=sys.stderr)
+                    return 3
+                self.step += 1
+                window_steps += 1
+                bar.update(1)
+                if self.step % 10 == 0 or self.step == 1:
+                    bar.set_postfix(loss=f'{first_loss(info):.4f}', refresh=False)
+                if due(f['log_interval']):
+                    elapsed = time.perf_counter() - window_start
+                    row = {'step': self.step, 'steps_per_s': window_steps / max(elapsed, 1e-9), **info,
+                           **self.validation()}
+                    self.train_csv.log(row)
+                    self.wandb.log(row, step=self.step)
+                    window_start, window_steps = time.perf_counter(), 0
+                if f['eval_episodes'] > 0 and due(f['eval_interval']):
+                    last_eval = self.run_eval()
+                    if last_eval['success_rate'] > self.best_success:
+                        self.best_success = last_eval['success_rate']
+                        self.save('best')
+                if due(f['save_interval']) or stop.signum is not None:
+                    self.save('latest')
+                if stop.signum is not None and self.step < total:
+                    bar.close()
+                    self.wandb.finish()
+                    print(f'stopped by signal {stop.signum} at step {self.step}; checkpoints/latest.pt '
+                          'written. '
+                          f'Resume with: python train_bc.py --resume={self.run_dir}', file=sys.stderr)
+                    return 128 + stop.signum
         bar.close()
         self.wandb.finish()
         best = f'{self.best_success:.3f}' if self.best_success >= 0 else 'n/a'
         wall = time.perf_counter() - self.start_time
+        self.write_summary(last_eval, wall)
         print(f'done: step {self.step}, {wall:.0f} s since start, best success rate {best}; '
               f'run directory {self.run_dir}', file=sys.stderr)
         return 0
 
+    def write_summary(self, last_eval, wall_s):
+        """summary.json: the finished run's step, best and last success rate, wall time (this process)."""
+        summary = {'step': self.step, 'offline_steps': self.flags['offline_steps'],
+                   'best_success_rate': self.best_success if self.best_success >= 0 else None,
+                   'last_eval': last_eval, 'wall_s_this_process': round(wall_s, 1),
+                   'code_version': git_version()}
+        with open(os.path.join(self.run_dir, 'summary.json'), 'w') as fh:
+            json.dump(summary, fh, indent=2)
+
+
+class StopSignals:
+    """Context manager: SIGINT / SIGTERM set `signum` instead of killing the process (restored on exit)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f'\nsignal {signum}: stopping after the current step (a second signal stops at once)',
+              file=sys.stderr)
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
 
 def run_evaluation(agent, config, shape_meta, env_info, f):
-    """Evaluate `agent` in the env described by `env_info` with the flags in dict `f`."""
+    """Evaluate `agent` in the env described by `env_info` with the flags in dict `f`: (stats, episodes)."""
     max_steps = f['eval_max_steps'] or env_info['max_episode_steps']
     episodes = f['eval_episodes']
     workers = f['eval_workers'] or min(episodes, os.cpu_count() or 1)
+    video_failures = f.get('video_failures', 0)  # absent from checkpoints written before the flag
     env_fn = env_utils.EnvFactory(env_info['env_meta'], shape_meta, max_steps,
-                                  enable_render=f['video_episodes'] > 0)
+                                  enable_render=f['video_episodes'] > 0 or video_failures > 0)
     calls = iter(range(1 << 62))
 
     def policy(obs):  # obs: dict of (B, To, ...) numpy -> (B, Tp, A) numpy
@@ -338,9 +437,21 @@ def run_evaluation(agent, config, shape_meta, env_info, f):
             chunk = agent.sample_actions(obs, seed=f['eval_seed'] + next(calls))
         return chunk.detach().float().cpu().numpy()
 
-    return evaluate(policy, env_fn, episodes, obs_steps=config.obs_steps, action_steps=config.action_steps,
-                    max_steps=max_steps, seed=f['eval_seed'], num_workers=workers,
-                    video_episodes=f['video_episodes'])
+    return evaluate_episodes(policy, env_fn, episodes, obs_steps=config.obs_steps,
+                             action_steps=config.action_steps, max_steps=max_steps, seed=f['eval_seed'],
+                             num_workers=workers, video_episodes=f['video_episodes'],
+                             video_failures=video_failures)
+
+
+def write_episode_videos(folder, prefix, episodes):
+    """mp4 files <folder>/<prefix>ep<k>[_fail].mp4 for the episodes that carry frames; returns the paths."""
+    paths = []
+    for e in episodes:
+        if e['frames'] is not None:
+            os.makedirs(folder, exist_ok=True)
+            name = f'{prefix}ep{e["episode"]}{"" if e["success"] else "_fail"}.mp4'
+            paths.append(write_video(os.path.join(folder, name), e['frames'], fps=VIDEO_FPS))
+    return paths
 
 
 def load_extra(path):
@@ -378,13 +489,16 @@ def eval_only():
             f[name] = getattr(FLAGS, name)
     config = type(FLAGS.agent)(extra['config'])
     agent = AGENTS[config.agent_name].load(path, device=pick_device(f['device']))
-    stats, videos = run_evaluation(agent, config, extra['shape_meta'], extra['env'], f)
+    stats, episodes = run_evaluation(agent, config, extra['shape_meta'], extra['env'], f)
     out = new_run_dir(FLAGS.save_dir, f['run_group'], 'eval_' + os.path.basename(os.path.dirname(
         os.path.dirname(os.path.abspath(path)))))
-    CsvLogger(os.path.join(out, 'eval.csv')).log({'step': extra['trainer']['step'], **stats})
-    for k, v in enumerate(videos):
-        write_video(os.path.join(out, f'ep{k}.mp4'), v, fps=VIDEO_FPS)
-    print(json.dumps({'checkpoint': path, 'step': extra['trainer']['step'], **stats, 'eval_dir': out}))
+    step = extra['trainer']['step']
+    CsvLogger(os.path.join(out, 'eval.csv')).log({'step': step, **stats})
+    episodes_csv = CsvLogger(os.path.join(out, 'episodes.csv'), key=('step', 'episode'))
+    for e in episodes:
+        episodes_csv.log({'step': step, **{k: v for k, v in e.items() if k != 'frames'}})
+    write_episode_videos(out, '', episodes)
+    print(json.dumps({'checkpoint': path, 'step': step, **stats, 'eval_dir': out}))
     return 0
 
 
@@ -406,8 +520,12 @@ def main(argv):
         print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
         trainer = Run(run_flags, config, run_dir, resume_from=path)
     else:
+        flag_values, fields = task_recipe()
+        applied = apply_task_flag_defaults(flag_values)
         config = build_config()
+        applied.update(apply_task_field_defaults(config, fields))
         run_flags = {name: getattr(FLAGS, name) for name in EXPERIMENT_FLAGS}
+        run_flags['task_defaults'] = applied
         trainer = Run(run_flags, config)
     return trainer.train()
 

@@ -6,12 +6,14 @@ all running episodes.
 """
 
 import multiprocessing as mp
+import signal
 import time
 import traceback
 
 import numpy as np
 
 from envs.wrappers import ChunkedRollout
+from utils.stats import wilson_interval
 
 
 def video_frame(env, obs):
@@ -63,7 +65,10 @@ class _Runner:
 
 
 def _worker_main(conn, env_fn, obs_steps, action_steps, max_steps):
-    """Worker process loop: builds its env once, then answers reset / chunk / close commands."""
+    """Worker process loop: builds its env once, then answers reset / chunk / close commands.
+
+    Ctrl-C reaches the whole process group; the worker ignores it and lets the parent decide."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         runner = _Runner(env_fn, obs_steps, action_steps, max_steps)
         conn.send(('ok', None))
@@ -152,12 +157,29 @@ def evaluate(policy, env_fn, num_episodes, obs_steps, action_steps, max_steps=No
     """Roll out `policy` for `num_episodes` episodes; episode k resets with seed `seed + k`.
 
     `env_fn()` builds one env (it must pickle when `num_workers > 1`). Returns `(stats, videos)`:
-    stats has `success_rate`, `episode_length` (mean), `episode_return` (mean), `num_episodes`,
-    `env_steps_per_s` (rollouts only, worker start-up excluded); videos is a list of (T, H, W, 3) uint8
-    arrays for the first `video_episodes` episodes.
+    stats as in `evaluate_episodes`; videos is a list of (T, H, W, 3) uint8 arrays for the first
+    `video_episodes` episodes.
+    """
+    stats, episodes = evaluate_episodes(policy, env_fn, num_episodes, obs_steps, action_steps, max_steps,
+                                        seed, num_workers, video_episodes)
+    return stats, [e['frames'] for e in episodes if e['frames'] is not None]
+
+
+def evaluate_episodes(policy, env_fn, num_episodes, obs_steps, action_steps, max_steps=None, seed=0,
+                      num_workers=1, video_episodes=0, video_failures=0):
+    """Like `evaluate`, with one record per episode; returns `(stats, episodes)`.
+
+    stats: `success_rate`, `successes`, `success_ci_low` / `success_ci_high` (95% Wilson score interval),
+    `episode_length` (mean), `episode_return` (mean), `num_episodes`, `env_steps_per_s` (rollouts only,
+    worker start-up excluded). episodes, in episode order: dicts with `episode`, `seed`, `success`,
+    `length`, `return` and `frames` ((T, H, W, 3) uint8 for the first `video_episodes` episodes and for the
+    first `video_failures` failed episodes to finish, else None). Failures can only be known at the end, so
+    `video_failures > 0` records every episode and keeps the frames of failures only.
     """
     if num_episodes < 1:
         raise ValueError(f'num_episodes must be >= 1, got {num_episodes}')
+    if video_episodes < 0 or video_failures < 0:
+        raise ValueError(f'video_episodes={video_episodes} and video_failures={video_failures} must be >= 0')
     num_workers = max(1, min(num_workers, num_episodes))
     if num_workers == 1:
         workers = [_LocalWorker(env_fn, obs_steps, action_steps, max_steps)]
@@ -171,34 +193,47 @@ def evaluate(policy, env_fn, num_episodes, obs_steps, action_steps, max_steps=No
             for w in workers:
                 w.wait_ready()
         start = time.perf_counter()  # rollout speed excludes worker start-up
-        results = _run_episodes(policy, workers, num_episodes, seed, video_episodes)
+        results = _run_episodes(policy, workers, num_episodes, seed, video_episodes, video_failures)
         elapsed = time.perf_counter() - start
     finally:
         for w in workers:
             w.close()
     results.sort(key=lambda r: r['episode'])
     lengths = [r['length'] for r in results]
+    successes = int(sum(r['success'] > 0 for r in results))
+    low, high = wilson_interval(successes, num_episodes)
     stats = {
-        'success_rate': float(np.mean([r['success'] for r in results])),
+        'success_rate': successes / num_episodes,
+        'successes': successes,
+        'success_ci_low': low,
+        'success_ci_high': high,
         'episode_length': float(np.mean(lengths)),
         'episode_return': float(np.mean([r['return'] for r in results])),
         'num_episodes': num_episodes,
         'env_steps_per_s': sum(lengths) / elapsed,
     }
-    videos = [r['frames'] for r in results if r['frames'] is not None]
-    return stats, videos
+    episodes = [{'episode': r['episode'], 'seed': seed + r['episode'], 'success': r['success'],
+                 'length': r['length'], 'return': r['return'], 'frames': r['frames']} for r in results]
+    return stats, episodes
 
 
-def _run_episodes(policy, workers, num_episodes, seed, video_episodes):
+def _run_episodes(policy, workers, num_episodes, seed, video_episodes, video_failures=0):
     """Lock-step scheduler: every round, one batched policy call for all running episodes."""
     next_episode = 0
     current = {}  # worker index -> episode index
     obs = {}
-    for i, w in enumerate(workers):
+    failures_kept = 0
+
+    def start(i):  # reset worker i into the next episode
+        nonlocal next_episode
+        record = next_episode < video_episodes or video_failures > 0
+        workers[i].send('reset', (seed + next_episode, record))
+        current[i] = next_episode
+        next_episode += 1
+
+    for i in range(len(workers)):
         if next_episode < num_episodes:
-            w.send('reset', (seed + next_episode, next_episode < video_episodes))
-            current[i] = next_episode
-            next_episode += 1
+            start(i)
     for i in current:
         obs[i] = workers[i].recv()
     results = []
@@ -214,13 +249,15 @@ def _run_episodes(policy, workers, num_episodes, seed, video_episodes):
         for i in active:
             obs[i], result = workers[i].recv()
             if result is not None:
-                results.append({'episode': current[i], **result})
+                episode = current[i]
+                keep = episode < video_episodes
+                if not keep and not result['success'] and failures_kept < video_failures:
+                    keep, failures_kept = True, failures_kept + 1
+                results.append({'episode': episode, **result, 'frames': result['frames'] if keep else None})
                 finished.append(i)
         for i in finished:
             if next_episode < num_episodes:
-                workers[i].send('reset', (seed + next_episode, next_episode < video_episodes))
-                current[i] = next_episode
-                next_episode += 1
+                start(i)
                 obs[i] = workers[i].recv()
             else:
                 del current[i]

@@ -17,7 +17,8 @@ from utils.shape_meta import rgb_keys
 from utils.training import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EVAL_COLUMNS = ['step', 'success_rate', 'episode_length', 'episode_return', 'num_episodes', 'env_steps_per_s']
+EVAL_COLUMNS = ['step', 'success_rate', 'successes', 'success_ci_low', 'success_ci_high', 'episode_length',
+                'episode_return', 'num_episodes', 'env_steps_per_s']
 
 # Tiny model, batch and horizon: these tests check the plumbing, not learning.
 TINY = ['--agent.batch_size=4', '--agent.horizon_length=8', '--agent.action_steps=4', '--agent.emb_dim=16',
@@ -136,6 +137,95 @@ def test_kill_and_resume_matches_uninterrupted_run(lift_state_file, tmp_path):
     assert b['extra']['trainer']['step'] == steps
     tensors_equal(a['trainer'], b['trainer'])  # weights, EMA, optimizer, LR schedule
     tensors_equal(a['rng'], b['rng'], 'rng')
+    assert_same_train_log(full, killed)
+
+
+def assert_same_train_log(full, resumed):
+    """train.csv of a resumed run: every step once, the same losses as the uninterrupted run."""
+    rows_a, rows_b = read_csv(os.path.join(full, 'train.csv')), read_csv(os.path.join(resumed, 'train.csv'))
+    steps_b = [r['step'] for r in rows_b]
+    assert len(steps_b) == len(set(steps_b)), f'duplicated steps in train.csv: {steps_b}'
+    assert [r['step'] for r in rows_a] == steps_b
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in ra:
+            if key != 'steps_per_s':
+                assert ra[key] == rb[key], (ra['step'], key)
+
+
+@pytest.mark.slow
+def test_sigterm_writes_latest_and_resume_finishes(lift_state_file, tmp_path):
+    steps = 300
+    args = [f'--dataset_path={lift_state_file}', f'--offline_steps={steps}', '--log_interval=10',
+            '--save_interval=0', '--eval_episodes=0', '--seed=4', *TINY]
+    save_dir = tmp_path / 'stopped'
+    cmd = [sys.executable, os.path.join(ROOT, 'train_bc.py'), f'--save_dir={save_dir}', *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not glob.glob(str(save_dir / '*' / '*' / 'train.csv')):
+        assert proc.poll() is None, f'run ended before its first log row:\n{proc.stderr.read()[-3000:]}'
+        assert time.time() < deadline, 'no train.csv within 180 s'
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    (stopped,) = run_dirs(save_dir)
+    assert f'--resume={stopped}' in err and 'Traceback' not in err
+    step = load_checkpoint(os.path.join(stopped, 'checkpoints', 'latest.pt'))['extra']['trainer']['step']
+    assert 1 <= step < steps  # save_interval=0: only the signal wrote this checkpoint
+    assert not os.path.exists(os.path.join(stopped, 'summary.json'))
+    run_cli([f'--resume={stopped}', '--wandb_mode=disabled'], save_dir)
+    assert json.load(open(os.path.join(stopped, 'summary.json')))['step'] == steps
+    run_cli(args, tmp_path / 'full')
+    (full,) = run_dirs(tmp_path / 'full')
+    assert_same_train_log(full, stopped)
+
+
+@pytest.mark.slow
+def test_failure_videos_and_episode_log(lift_state_file, tmp_path):
+    run_cli([f'--dataset_path={lift_state_file}', '--offline_steps=2', '--eval_interval=2',
+             '--eval_episodes=2', '--eval_max_steps=15', '--video_failures=1', '--eval_seed=7', *TINY],
+            tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    rows = read_csv(os.path.join(run_dir, 'episodes.csv'))
+    assert [(r['step'], r['episode'], r['seed']) for r in rows] == [('2', '0', '7'), ('2', '1', '8')]
+    assert all(r['success'] == '0.0' and r['length'] == '15' for r in rows)  # 2 untrained steps: failures
+    videos = sorted(os.listdir(os.path.join(run_dir, 'videos')))
+    assert len(videos) == 1 and videos[0].endswith('_fail.mp4'), videos  # the first failure only
+    (ev,) = read_csv(os.path.join(run_dir, 'eval.csv'))
+    assert ev['successes'] == '0' and float(ev['success_ci_high']) == pytest.approx(0.658, abs=1e-3)
+
+
+TASK_DEFAULTS_SCRIPT = '''
+import sys
+import envs.task_defaults as td
+td.TASK_DEFAULTS['lift'] = {'flags': {'offline_steps': 3, 'eval_interval': 3},
+                            'agent': {'lr': 0.123, 'batch_size': 6, 'mlp_hidden_dims': (24, 24)},
+                            'agents': {'fbc': {'flow_steps': 3}, 'mfbc': {'flow_steps': 99}}}
+from absl import app
+import train_bc
+sys.argv = ['train_bc.py'] + sys.argv[1:]
+app.run(train_bc.entry)
+'''
+
+
+def test_task_defaults_fill_only_what_the_user_did_not_give(lift_state_file, tmp_path):
+    script = tmp_path / 'run.py'
+    script.write_text(TASK_DEFAULTS_SCRIPT)
+    cmd = [sys.executable, str(script), f'--dataset_path={lift_state_file}', '--eval_episodes=0',
+           '--agent.lr=0.5', '--agent.batch_size=4', '--agent.horizon_length=8', '--agent.action_steps=4',
+           '--agent.emb_dim=16', f'--save_dir={tmp_path}', '--wandb_mode=disabled']
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    saved = json.load(open(os.path.join(run_dir, 'flags.json')))
+    assert saved['offline_steps'] == 3 and saved['eval_interval'] == 3  # not given: the recipe's
+    agent = saved['agent']
+    assert agent['lr'] == 0.5 and agent['batch_size'] == 4  # given on the command line: kept
+    assert agent['flow_steps'] == 3 and agent['mlp_hidden_dims'] == [24, 24]  # not given: the recipe's
+    assert saved['task_defaults'] == {'offline_steps': 3, 'eval_interval': 3, 'agent.flow_steps': 3,
+                                      'agent.mlp_hidden_dims': [24, 24]}
+    assert int(read_csv(os.path.join(run_dir, 'train.csv'))[-1]['step']) == 3
 
 
 @pytest.mark.slow

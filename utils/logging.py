@@ -5,29 +5,65 @@ import os
 
 
 class CsvLogger:
-    """Appends rows of scalars to a csv file; the first row fixes the columns (kept on resume)."""
+    """Appends rows of scalars to a csv file; each key (e.g. the step) is written once.
 
-    def __init__(self, path):
+    On an existing file (a resumed run) the header is kept, a row whose `key` columns are not past the last
+    row's is skipped (an exactly resumed run replays the steps since its checkpoint, and must not log them
+    twice), and a row with columns the header lacks extends the header (the file is rewritten atomically
+    with the old rows kept), so run directories written before a new column still resume.
+    """
+
+    def __init__(self, path, key=('step',)):
         self.path = path
+        self.key = tuple(key)
         self.fields = None
+        self.last_key = None
         if os.path.exists(path) and os.path.getsize(path) > 0:
             with open(path, newline='') as f:
-                self.fields = next(csv.reader(f))
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or [])
+                for row in reader:
+                    self.last_key = self._key(row, self.last_key)
+
+    def _key(self, row, default=None):
+        """The row's key as a tuple of floats (None if the file has no such columns)."""
+        try:
+            return tuple(float(row[k]) for k in self.key)
+        except (KeyError, TypeError, ValueError):
+            return default
 
     def log(self, row):
-        """Write one row (dict of scalars); keys unseen in the header are refused, missing ones left empty."""
+        """Write one row (dict of scalars); missing columns are left empty. Returns False if skipped."""
         row = {k: _scalar(v) for k, v in row.items()}
+        key = self._key(row)
+        if key is not None and self.last_key is not None and key <= self.last_key:
+            return False
         new_file = self.fields is None
         if new_file:
             self.fields = list(row)
-        unknown = set(row) - set(self.fields)
+        unknown = [k for k in row if k not in self.fields]
         if unknown:
-            raise ValueError(f'{self.path}: columns {sorted(unknown)} are not in the header {self.fields}')
+            self._extend_header(unknown)
         with open(self.path, 'a', newline='') as f:
             writer = csv.DictWriter(f, fieldnames=self.fields)
             if new_file:
                 writer.writeheader()
             writer.writerow(row)
+        if key is not None:
+            self.last_key = key
+        return True
+
+    def _extend_header(self, columns):
+        """Rewrite the file with `columns` appended to the header (old rows keep their values)."""
+        with open(self.path, newline='') as f:
+            rows = list(csv.DictReader(f))
+        self.fields = self.fields + list(columns)
+        tmp = f'{self.path}.tmp-{os.getpid()}'
+        with open(tmp, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
 
 
 def _scalar(value):
