@@ -323,8 +323,11 @@ def main(argv=None):
     parser.add_argument('--dataset_path', default=None, help='one file for every env (tests, custom data)')
     parser.add_argument('--jobs', type=int, default=None,
                         help='cells at once (default: CPU cores for state grids, 1 with image cells)')
-    parser.add_argument('extra', nargs='*', help='extra train_bc.py flags after --, e.g. -- --agent.lr=1e-3')
-    args = parser.parse_args(argv)
+    parser.epilog = 'Flags after a lone -- go to every new cell, e.g. -- --agent.lr=1e-3'
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index('--') + 1:] if '--' in argv else []
+    args = parser.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
+    args.extra = extra
     split = lambda s: [x for x in s.split(',') if x]  # noqa: E731
     envs, agents, networks = split(args.envs), split(args.agents), split(args.networks)
     seeds = [int(s) for s in split(args.seeds)]
