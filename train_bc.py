@@ -62,6 +62,9 @@ flags.DEFINE_string('run_group', 'default', 'Run group (a sub-directory of save_
 flags.DEFINE_string('wandb_project', 'acfql_pytorch', 'wandb project.')
 flags.DEFINE_enum('wandb_mode', 'offline', ['online', 'offline', 'disabled'], 'wandb mode.')
 flags.DEFINE_string('device', 'auto', "torch device: 'auto' (cuda when present), 'cpu', 'cuda', 'cuda:N'.")
+flags.DEFINE_integer('torch_threads', None,
+                     'torch CPU threads of this process (default: $OMP_NUM_THREADS when set, else 1: with a '
+                     'thread per core, each small op waits for a core another job uses; bench/threads.py).')
 flags.DEFINE_string('resume', None, 'Run directory (or checkpoint file) to continue exactly.')
 flags.DEFINE_bool('eval_only', False, 'Only evaluate --checkpoint; no training.')
 flags.DEFINE_string('checkpoint', None, 'Checkpoint file for --eval_only.')
@@ -502,10 +505,21 @@ def eval_only():
     return 0
 
 
+def set_torch_threads(threads):
+    """torch's CPU thread count: `threads`, else $OMP_NUM_THREADS if set, else 1; returns it."""
+    if threads is not None and threads < 1:
+        raise UserError(f'--torch_threads={threads}: expected an integer >= 1')
+    if threads is None:
+        threads = int(os.environ['OMP_NUM_THREADS']) if os.environ.get('OMP_NUM_THREADS', '').isdigit() else 1
+    torch.set_num_threads(threads)
+    return threads
+
+
 def main(argv):
     """Entry point: train, resume or evaluate."""
     if len(argv) > 1:
         raise UserError(f'unexpected arguments {argv[1:]} (flags look like --name=value)')
+    set_torch_threads(FLAGS.torch_threads)
     if FLAGS.eval_only:
         return eval_only()
     if FLAGS.resume:
