@@ -8,9 +8,12 @@ The file is written to a temporary name next to the output and renamed at the en
 """
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import signal
+import threading
 from pathlib import Path
 
 import h5py
@@ -201,7 +204,7 @@ def generate_demos(task, num_demos, obs_type, out_path=None, seed=0, workers=1, 
     spec = env_spec(task, obs_type, render_quality, out_path)
     tmp_path = out_path.with_name(f'.{out_path.name}.tmp-{os.getpid()}')
     demo_names = [f'demo_{i}' for i in range(num_demos)]
-    try:
+    with _sigterm_raises(), _removed_on_exit(tmp_path):
         with h5py.File(tmp_path, 'w') as f:
             data = f.create_group('data')
             total, attempts = 0, 0
@@ -225,10 +228,34 @@ def generate_demos(task, num_demos, obs_type, out_path=None, seed=0, workers=1, 
             f.create_dataset('mask/train', data=np.array([demo_names[i] for i in train], dtype='S'))
             f.create_dataset('mask/valid', data=np.array([demo_names[i] for i in valid], dtype='S'))
         os.replace(tmp_path, out_path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
     return out_path
+
+
+@contextlib.contextmanager
+def _removed_on_exit(path):
+    """Delete `path` if it still exists when the block ends (error, Ctrl-C or SIGTERM)."""
+    try:
+        yield
+    finally:
+        if path.exists():
+            path.unlink()
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Inside the block SIGTERM raises SystemExit(143), so `finally` clauses run (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def main(argv=None):

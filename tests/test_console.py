@@ -1,7 +1,9 @@
 """A process that builds and steps a robosuite env prints none of robosuite's start-up warnings."""
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,3 +27,20 @@ def test_robosuite_start_up_is_quiet_but_errors_show():
     assert 'stepped' in proc.stdout
     assert 'WARNING' not in proc.stderr and 'INFO' not in proc.stderr, proc.stderr[-3000:]
     assert 'a real error stays visible' in proc.stderr
+
+
+def test_sigterm_during_demo_generation_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / 'lift.hdf5'
+    cmd = [sys.executable, '-m', 'envs.generate_demos', '--task=lift', '--num_demos=200', '--obs=low_dim',
+           f'--out={out}']
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(tmp_path.glob('.lift.hdf5.tmp-*')):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, 'no temporary file within 240 s'
+        time.sleep(0.02)
+    time.sleep(1.0)  # inside the generation loop
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the temporary nor a partial output
