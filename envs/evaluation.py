@@ -24,7 +24,8 @@ def video_frame(env, obs):
         value = np.asarray(obs[key])
         if value.dtype == np.uint8 and value.ndim == 3:
             return value.transpose(1, 2, 0)  # CHW -> HWC
-    raise ValueError('cannot record video: the env has no render_frame() and no image observation')
+    raise ValueError('cannot record video: the env does not render off-screen (enable_render=False) and '
+                     'has no image observation')
 
 
 class _Runner:
