@@ -1,127 +1,34 @@
-"""FBC: flow-matching behaviour cloning; also the base class shared by MFBC, IMFBC and FQL.
+"""FBC: flow-matching behaviour cloning over action chunks (the shared machinery is agents/base.py's Agent).
 
 Time runs from noise (t = 0) to data (t = 1): x_t = (1 - t) z + t a, v_cond = a - z (rectified flow / flow
 matching, Lipman et al. 2023, Liu et al. 2023).
 The network sees s = t in training and in sampling.
 """
 
-import ml_collections
 import torch
-from ml_collections import config_dict
-from torch import nn
 
-from utils.network_factory import get_network_and_encoder, get_network_config
-from utils.normalizer import Normalizer
-from utils.shape_meta import OBS_TYPES, obs_type_of, validate_shape_meta
-from utils.torch_utils import pick_device, to_torch
-from utils.training import (
-    Trainer,
-    autocast,
-    eval_mode,
-    load_checkpoint,
-    save_checkpoint,
-)
-
-CHECKPOINT_FORMAT = 'acfql_pytorch-agent-v1'
+from agents.base import Agent, _require, get_base_config
 
 
 def get_config():
-    """FBC hyperparameters (network fields come from utils.network_factory.get_network_config())."""
-    config = get_network_config()
+    """FBC hyperparameters: the shared fields of agents.base.get_base_config() plus the Euler sampler."""
+    config = get_base_config()
     config.agent_name = 'fbc'  # registry key in agents.AGENTS
-    # 'state' (low-dim keys) or 'image' (rgb + proprioceptive keys); None = from the data (env name or
-    # obs_keys). train_bc.py fills it in; a value that contradicts the data is an error.
-    config.obs_type = config_dict.placeholder(str)
-    config.obs_steps = 2  # To: observations fed to the policy, steps i-To+1 .. i
-    config.horizon_length = 16  # Tp: predicted action chunk, steps i .. i+Tp-1
-    config.action_steps = 8  # Ta: actions of a chunk executed before predicting again (Ta <= Tp)
-    config.batch_size = 256  # training batch size (read by train_bc.py)
-    config.lr = 1e-4  # AdamW learning rate (peak, after warmup)
-    config.betas = (0.95, 0.999)  # AdamW betas
-    config.weight_decay = 1e-6  # AdamW weight decay
-    config.lr_schedule = 'cosine'  # 'cosine' (decay to 0 at lr_decay_steps) or 'constant' after warmup
-    config.warmup_steps = 500  # linear LR warmup steps
-    config.lr_decay_steps = -1  # end of the cosine decay; -1 = train_bc.py sets it to --max_steps
-    config.grad_clip_norm = 0.0  # max global grad norm; 0 disables clipping
-    config.use_ema = True  # keep an EMA of the weights and sample / evaluate with it
-    config.ema_power = 0.75  # EMA decay warmup power (Diffusion Policy)
-    config.ema_max_decay = 0.9999  # EMA decay ceiling
-    config.use_bf16 = False  # bf16 autocast for the forward passes on CUDA (ignored on CPU)
     config.flow_steps = 10  # Euler steps of the flow sampler
-    config.discount = 0.99  # reward discount per env step (dataset chunk returns; used by FQL)
     return config
 
 
-def _require(ok, field, value, allowed):
-    """Raise ValueError naming the config field, its value and what is allowed."""
-    if not ok:
-        raise ValueError(f'config.{field}={value!r} is invalid; allowed: {allowed}')
-
-
-class BCAgent:
-    """Flow-matching BC over action chunks: loss || net(x_t, t, t, c) - (a - z) ||^2, Euler sampler.
-
-    Subclasses change only `flow_loss` and `sample_chunk` (MFBC, IMFBC) or add modules and losses (FQL).
-    """
+class BCAgent(Agent):
+    """Flow-matching BC over action chunks: loss || net(x_t, t, t, c) - (a - z) ||^2, Euler sampler."""
 
     name = 'fbc'
 
-    def __init__(self, shape_meta, config, normalizer, seed, device):
-        self.shape_meta, self.config, self.seed = shape_meta, config, seed
-        self.device = device
-        self.normalizer = normalizer
-        self.action_dim = int(shape_meta['action']['shape'][0])
-        with torch.random.fork_rng(devices=[]):  # deterministic init without touching the global RNG
-            torch.manual_seed(seed)
-            self.model = nn.ModuleDict(self.build_modules(config)).to(device)
-        self.trainer = Trainer(self.model, config)
-        self.rng = torch.Generator(device).manual_seed(seed)  # training noise and times
-        self.sample_rng = torch.Generator(device).manual_seed(seed + 1)  # sampling noise when seed is None
-
-    # ----------------------------------------------------------------- construction
-    @classmethod
-    def create(cls, shape_meta, config, normalizer_stats=None, seed=0, device='cpu'):
-        """Build the agent from `shape_meta` (obs keys/shapes, action shape) and a `get_config()` config."""
-        validate_shape_meta(shape_meta)
-        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
-        config.shape_meta = ml_collections.ConfigDict(shape_meta)
-        cls.validate_config(config)
-        device = pick_device(device)
-        normalizer = Normalizer(normalizer_stats, device=device)
-        return cls(shape_meta, config, normalizer, seed, device)
-
     @classmethod
     def validate_config(cls, config):
-        """Check every field the agent reads once, with errors that name the field."""
-        c = config
-        _require(c.agent_name == cls.name, 'agent_name', c.agent_name, f"'{cls.name}' for {cls.__name__}")
-        _require(c.obs_type in (None, *OBS_TYPES), 'obs_type', c.obs_type, f'None or one of {OBS_TYPES}')
-        data = obs_type_of(c.shape_meta)
-        _require(c.obs_type in (None, data), 'obs_type', c.obs_type,
-                 f'None or {data!r}, the observation type of shape_meta (keys {sorted(c.shape_meta.obs)})')
-        _require(int(c.obs_steps) >= 1, 'obs_steps', c.obs_steps, 'an integer >= 1')
-        _require(int(c.horizon_length) >= 1, 'horizon_length', c.horizon_length, 'an integer >= 1')
-        _require(1 <= int(c.action_steps) <= int(c.horizon_length), 'action_steps', c.action_steps,
-                 f'1 <= action_steps <= horizon_length ({c.horizon_length})')
-        _require(c.lr > 0, 'lr', c.lr, 'a positive float')
-        _require(len(tuple(c.betas)) == 2 and all(0 <= b < 1 for b in c.betas), 'betas', c.betas,
-                 'two floats in [0, 1)')
-        _require(c.weight_decay >= 0, 'weight_decay', c.weight_decay, 'a float >= 0')
-        _require(c.lr_schedule in ('cosine', 'constant'), 'lr_schedule', c.lr_schedule,
-                 "'cosine' or 'constant'")
-        _require(int(c.warmup_steps) >= 0, 'warmup_steps', c.warmup_steps, 'an integer >= 0')
-        _require(c.grad_clip_norm >= 0, 'grad_clip_norm', c.grad_clip_norm, 'a float >= 0 (0 = off)')
-        _require(0 <= c.ema_max_decay < 1, 'ema_max_decay', c.ema_max_decay, 'a float in [0, 1)')
-        _require(c.ema_power > 0, 'ema_power', c.ema_power, 'a positive float')
-        _require(int(c.flow_steps) >= 1, 'flow_steps', c.flow_steps, 'an integer >= 1')
-        _require(0 < c.discount <= 1, 'discount', c.discount, 'a float in (0, 1]')
+        """The shared checks plus the sampler's steps."""
+        super().validate_config(config)
+        _require(int(config.flow_steps) >= 1, 'flow_steps', config.flow_steps, 'an integer >= 1')
 
-    def build_modules(self, config):
-        """Trainable modules of the agent (all optimised and EMA-averaged together)."""
-        actor, encoder = get_network_and_encoder(config)
-        return {'encoder': encoder, 'actor': actor}
-
-    # ----------------------------------------------------------------- math (overridden by MFBC / IMFBC)
     def flow_loss(self, net, cond, actions, valid=None):
         """Flow-matching loss at t ~ U(0, 1) with s = t. actions (B,Tp,A) normalized, cond (B,To,D);
         `valid` (B,Tp) optionally masks chunk positions (FQL)."""
@@ -134,146 +41,9 @@ class BCAgent:
         loss = sq.mean() if valid is None else (sq * valid[..., None]).mean()
         return loss, {'actor/bc_flow_loss': loss.detach()}
 
-    def encode(self, model, obs):
-        """Observation features the sampler needs: (B, To, D) from the policy encoder."""
-        return model['encoder'](obs)
-
-    def sample_chunk(self, model, cond, z, generator):
+    def sample_chunk(self, model, features, z, generator):
         """Euler integration of the BC flow from noise z (B,Tp,A) at t = 0 to t = 1, then clip to [-1, 1]."""
-        return euler_flow(model['actor'], cond, z, int(self.config.flow_steps)).clamp(-1, 1)
-
-    # ----------------------------------------------------------------- training
-    def randn_like(self, x):
-        """Standard normal noise from the agent's training generator."""
-        return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=self.rng)
-
-    def actor_loss(self, batch):
-        """BC loss on a normalized batch on the agent's device."""
-        cond = self.model['encoder'](batch['observations'])  # (B, To, D)
-        return self.flow_loss(self.model['actor'], cond, batch['actions'])
-
-    def total_loss(self, batch):
-        """Everything optimised in one step (FQL adds the critic)."""
-        return self.actor_loss(batch)
-
-    def after_step(self):
-        """Hook run after each optimizer step (FQL: target network update)."""
-
-    def prepare_batch(self, batch):
-        """Move a raw `sample_sequence` batch to the device and normalize observations and actions."""
-        for key in ('observations', 'actions'):
-            if key not in batch:
-                raise KeyError(f'batch has no {key!r}; expected the keys of Dataset.sample_sequence, '
-                               f'got {list(batch)}')
-        out = to_torch(dict(batch), self.device)
-        for key in ('observations', 'next_observations'):
-            if key in out:
-                self.check_observations(out[key])
-                out[key] = self.normalizer.normalize_obs(out[key])
-        out['actions'] = self.normalizer.normalize('actions', out['actions'])
-        return out
-
-    def update(self, batch):
-        """One optimisation step on a raw batch; returns float logging info."""
-        batch = self.prepare_batch(batch)
-        self.model.train()
-        with autocast(self.device, self.config.use_bf16):
-            loss, info = self.total_loss(batch)
-        info.update(self.trainer.apply(loss))
-        self.after_step()
-        info['train/step'] = self.trainer.step
-        return {k: float(v) for k, v in info.items()}
-
-    @torch.no_grad()
-    def validation_losses(self, batch, generator):
-        """The training losses on a held-out raw batch, in eval mode (center crops, no dropout), with all
-        noise and times drawn from `generator`; no update, no draw from the agent's or the global RNGs."""
-        batch = self.prepare_batch(batch)
-        train_rng, self.rng = self.rng, generator
-        try:
-            with eval_mode(self.model), autocast(self.device, self.config.use_bf16):
-                _, info = self.total_loss(batch)
-        finally:
-            self.rng = train_rng
-        return info
-
-    # ----------------------------------------------------------------- sampling
-    def check_observations(self, obs):
-        """Raise a clear error when an observation key is missing or has the wrong shape."""
-        to = int(self.config.obs_steps)
-        for key, meta in self.shape_meta['obs'].items():
-            if key not in obs:
-                raise KeyError(f'observations lack key {key!r}; expected {sorted(self.shape_meta["obs"])}')
-            want = (to, *meta['shape'])
-            if tuple(obs[key].shape[1:]) != want:
-                raise ValueError(f'observations[{key!r}] has shape {tuple(obs[key].shape)}, '
-                                 f'expected (B, {want})')
-
-    @torch.no_grad()
-    def sample_actions(self, observations, seed=None):
-        """Action chunks (B,Tp,A) in the dataset's action units, from EMA weights in eval mode.
-
-        observations: dict of (B, To, ...) raw arrays/tensors. `seed` makes the noise reproducible;
-        without it the agent's own sampling generator advances.
-        """
-        obs = to_torch(dict(observations), self.device)
-        self.check_observations(obs)
-        obs = self.normalizer.normalize_obs(obs)
-        generator = self.sample_rng if seed is None else torch.Generator(self.device).manual_seed(int(seed))
-        model = self.trainer.eval_model()
-        batch_size = next(iter(obs.values())).shape[0]
-        with eval_mode(model), autocast(self.device, self.config.use_bf16):
-            cond = self.encode(model, obs)  # encoders run once per call, not per integration step
-            shape = (batch_size, int(self.config.horizon_length), self.action_dim)
-            z = torch.randn(shape, device=self.device, generator=generator)
-            chunk = self.sample_chunk(model, cond, z, generator)
-        return self.normalizer.unnormalize('actions', chunk.float())
-
-    # ----------------------------------------------------------------- checkpoints
-    def extra_state(self):
-        """Modules outside the optimiser to checkpoint (FQL: target critic)."""
-        return {}
-
-    def load_extra_state(self, state):
-        """Restore `extra_state()`."""
-
-    def save(self, path, extra=None, overwrite=False):
-        """Write the agent's state: config, shape_meta, normalizer, weights, optimizer, scheduler, EMA, step
-        and the agent's own generators; `extra` (the run's state: step, dataset and global RNGs) is stored
-        as is and never read by the agent."""
-        payload = {
-            'format': CHECKPOINT_FORMAT, 'agent_name': self.name, 'seed': self.seed,
-            'config': self.config.to_dict(), 'shape_meta': self.shape_meta,
-            'normalizer': self.normalizer.state_dict(), 'trainer': self.trainer.state_dict(),
-            'extra_state': self.extra_state(),
-            'rng': {'train': self.rng.get_state(), 'sample': self.sample_rng.get_state()},
-            'extra': extra,
-        }
-        save_checkpoint(path, payload, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path, device=None):
-        """Rebuild an agent saved with `save` (device None = 'auto'); `extra` comes back as `agent.extra`.
-
-        The global RNGs belong to the run, not the agent: they are left alone (older checkpoints that also
-        hold them under rng['global'] load the same way)."""
-        payload = load_checkpoint(path, device='cpu')
-        if payload.get('format') != CHECKPOINT_FORMAT:
-            raise ValueError(f'{path!r} is not an agent checkpoint (format {payload.get("format")!r}, '
-                             f'expected {CHECKPOINT_FORMAT!r})')
-        if payload['agent_name'] != cls.name:
-            name = payload['agent_name']
-            raise ValueError(f'{path!r} holds agent {name!r}, cannot load it as {cls.name!r}; '
-                             f'use agents.AGENTS[{name!r}].load')
-        config = ml_collections.ConfigDict(payload['config'])
-        agent = cls.create(payload['shape_meta'], config, None, payload['seed'], pick_device(device))
-        agent.normalizer = Normalizer.from_state_dict(payload['normalizer'], device=agent.device)
-        agent.trainer.load_state_dict(payload['trainer'])
-        agent.load_extra_state(payload['extra_state'])
-        agent.rng.set_state(payload['rng']['train'].cpu())
-        agent.sample_rng.set_state(payload['rng']['sample'].cpu())
-        agent.extra = payload['extra']
-        return agent
+        return euler_flow(model['actor'], features, z, int(self.config.flow_steps)).clamp(-1, 1)
 
 
 def euler_flow(net, cond, z, steps):

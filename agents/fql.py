@@ -7,11 +7,13 @@ critic ensemble Q_k(o, chunk) with a Polyak target. Rewards, masks and valid com
 
 import contextlib
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from agents.fbc import BCAgent, _require, euler_flow
+from agents.base import _require
+from agents.fbc import BCAgent, euler_flow
 from agents.fbc import get_config as get_fbc_config
 from utils.network_factory import get_encoder, get_network, get_value
 from utils.training import polyak_update
@@ -39,6 +41,13 @@ def get_config():
     config.tau = 0.005  # Polyak rate of the target critic
     config.share_encoder = False  # True: the critic uses the actor's encoder; False: its own encoder
     return config
+
+
+class FQLFeatures(NamedTuple):
+    """What FQL's `encode` gives its `sample_chunk`: policy features (B,To,D), critic features or None."""
+
+    policy: torch.Tensor
+    critic: torch.Tensor | None
 
 
 @contextlib.contextmanager
@@ -108,18 +117,17 @@ class FQLAgent(BCAgent):
         return chunks.view(b, n, *shape[1:])[torch.arange(b, device=cond.device), best]
 
     def encode(self, model, obs):
-        """(policy features, critic features or None); the critic encoder runs only for best-of-N."""
+        """FQLFeatures(policy, critic or None); the critic encoder runs only for best-of-N."""
         cond = model['encoder'](obs)
         if int(self.config.best_of_n) > 1:
-            return cond, self.critic_modules(model)['encoder'](obs)
-        return cond, None
+            return FQLFeatures(cond, self.critic_modules(model)['encoder'](obs))
+        return FQLFeatures(cond, None)
 
-    def sample_chunk(self, model, cond, z, generator):
+    def sample_chunk(self, model, features, z, generator):
         """One-step policy chunk, or the best of N BC-flow chunks under the critic."""
-        cond, critic_cond = cond
         if int(self.config.best_of_n) > 1:
-            return self.best_of_n_policy(model, cond, critic_cond, generator)
-        return self.onestep_policy(model, cond, z)
+            return self.best_of_n_policy(model, features.policy, features.critic, generator)
+        return self.onestep_policy(model, features.policy, z)
 
     # ----------------------------------------------------------------- losses
     def aggregate(self, q):

@@ -15,7 +15,7 @@ of u at large t - s, which one-step sampling uses.
 
 import torch
 
-from agents.fbc import _require
+from agents.base import _require
 from agents.mfbc import MFBCAgent, jvp_along_s
 from agents.mfbc import get_config as get_mfbc_config
 

@@ -8,7 +8,7 @@ du/ds = d_s u + (d_x u) v, computed as a forward-mode JVP along the tangent (v, 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from agents.fbc import BCAgent, _require
+from agents.base import Agent, _require
 from agents.fbc import get_config as get_fbc_config
 
 
@@ -44,7 +44,7 @@ def meanflow_target(u_fn, x, s, t, v):
     return u, (v + gap * du_ds).detach()
 
 
-class MFBCAgent(BCAgent):
+class MFBCAgent(Agent):
     """MeanFlow BC: regress u_theta(x_s, s, t) onto the JVP target; sample with `sample_steps` map steps."""
 
     name = 'mfbc'
