@@ -10,7 +10,6 @@ Experiment flags live here; hyperparameters live in the agent config file (`--ag
 no agent by name: every agent has `create / update / sample_actions / save / load`.
 """
 
-import importlib
 import json
 import math
 import os
@@ -181,7 +180,7 @@ def apply_task_field_defaults(config, fields):
 
     if not fields or config.agent_name not in AGENTS:
         return {}
-    base = importlib.import_module(AGENTS[config.agent_name].__module__).get_config()
+    base = AGENTS[config.agent_name].get_config()
     given = set(config_flags.get_override_values(FLAGS['agent']))
     given |= {name for name in SHORTCUT_FLAGS if getattr(FLAGS, name) is not None}
     given |= {k for k in base if k in config and config[k] != base[k]}

@@ -10,6 +10,9 @@ save / load. An algorithm file in agents/ subclasses `Agent` and supplies the ma
 `build_modules`, `total_loss`, `after_step`, `extra_state` / `load_extra_state`, `validate_config`.
 """
 
+import importlib
+import inspect
+
 import ml_collections
 import torch
 from ml_collections import config_dict
@@ -91,6 +94,16 @@ class Agent:
         device = pick_device(device)
         normalizer = Normalizer(normalizer_stats, device=device)
         return cls(shape_meta, config, normalizer, seed, device)
+
+    @classmethod
+    def get_config(cls):
+        """The agent's default config: `get_config()` of the file that defines the class."""
+        return importlib.import_module(cls.__module__).get_config()
+
+    @classmethod
+    def config_file(cls):
+        """Path of the file that defines the class (what `train_bc.py --agent=` takes)."""
+        return inspect.getfile(cls)
 
     @classmethod
     def validate_config(cls, config):

@@ -6,7 +6,6 @@ FBC's `flow_steps` Euler steps on the same network. `python -m bench` calls `mai
 """
 
 import argparse
-import importlib
 import json
 import statistics
 import time
@@ -35,7 +34,7 @@ SHAPE_METAS = {  # robomimic Lift/Can/Square layout: 2 cameras at 84x84 + propri
 
 def make_agent(name, network, obs_type, device='cpu'):
     """The agent's default config with the network and Diffusion Policy's horizons (To 2, Tp 16, Ta 8)."""
-    config = importlib.import_module(f'agents.{name}').get_config()
+    config = AGENTS[name].get_config()
     config.network_type, config.obs_type = network, obs_type
     config.obs_steps, config.horizon_length, config.action_steps = 2, 16, 8
     config.encoder = None  # identity for state, resnet18 for images

@@ -43,7 +43,10 @@ def agent_label(agent):
 
 def agent_file(agent):
     """The --agent file for a registry name or a path."""
-    return agent if agent.endswith('.py') else f'agents/{agent}.py'
+    if agent.endswith('.py'):
+        return agent
+    from agents import AGENTS  # here: the sweep's own start-up stays free of torch
+    return os.path.relpath(AGENTS[agent].config_file(), ROOT)
 
 
 def make_cells(envs, agents, networks, seeds):

@@ -1,6 +1,6 @@
 """Contract tests of every agent: every agent x network x observation type runs, and checkpoints resume."""
 
-import importlib
+import os
 
 import numpy as np
 import pytest
@@ -37,7 +37,7 @@ def normalizer_stats(shape_meta):
 
 def tiny_config(name, network, obs_type):
     """The agent's get_config() shrunk to a few thousand parameters."""
-    config = importlib.import_module(f'agents.{name}').get_config()
+    config = AGENTS[name].get_config()
     config.obs_type, config.network_type, config.encoder = obs_type, network, ENCODERS[obs_type]
     config.obs_steps, config.horizon_length, config.action_steps = TO, TP, 2
     config.lr, config.warmup_steps = 1e-3, 0
@@ -69,12 +69,10 @@ def encoder_params(agent):
 
 
 @pytest.mark.parametrize('obs_type', ['state', 'image'])
-@pytest.mark.parametrize('network', ['mlp', 'chiunet', 'chitransformer'])
+@pytest.mark.parametrize('network', sorted(NETWORKS))
 @pytest.mark.parametrize('name', sorted(AGENTS))
 def test_every_combination_runs(name, network, obs_type):
     """One update: finite losses, encoders change; sampling: shape, units, determinism under a seed."""
-    if network not in NETWORKS:
-        pytest.skip(f'network {network!r} is not registered in utils.network_factory.NETWORKS yet')
     shape_meta = SHAPE_METAS[obs_type]
     agent = AGENTS[name].create(shape_meta, tiny_config(name, network, obs_type),
                                 normalizer_stats=normalizer_stats(shape_meta), seed=0)
@@ -140,6 +138,14 @@ def test_save_load_resumes_exactly(name, tmp_path):
     other = next(n for n in AGENTS if n != name)
     with pytest.raises(ValueError, match=name):
         AGENTS[other].load(path)
+
+
+@pytest.mark.parametrize('name', sorted(AGENTS))
+def test_registry_names_agree(name):
+    """The registry key is the class's name and its config's agent_name; the class finds its own file."""
+    cls = AGENTS[name]
+    assert cls.name == name and cls.get_config().agent_name == name
+    assert os.path.isfile(cls.config_file()) and cls.config_file().endswith('.py')
 
 
 def test_obs_type_that_contradicts_shape_meta_is_an_error():

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from agents import AGENTS
+from utils.network_factory import NETWORKS
 from utils.shape_meta import rgb_keys
 from utils.training import load_checkpoint
 
@@ -68,7 +69,7 @@ def check_run_dir(run_dir, steps, eval_episodes):
 @pytest.mark.parametrize('agent', sorted(AGENTS))
 def test_every_agent_on_state(agent, lift_state_file, tmp_path):
     episodes = 2 if agent == 'fbc' else 1  # fbc also exercises the two evaluation workers
-    run_cli([f'--agent={ROOT}/agents/{agent}.py', f'--dataset_path={lift_state_file}',
+    run_cli([f'--agent={AGENTS[agent].config_file()}', f'--dataset_path={lift_state_file}',
              '--offline_steps=2', '--log_interval=1', '--eval_interval=2', '--save_interval=2',
              f'--eval_episodes={episodes}', '--eval_max_steps=30', *TINY], tmp_path)
     (run_dir,) = run_dirs(tmp_path)
@@ -78,9 +79,9 @@ def test_every_agent_on_state(agent, lift_state_file, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('agent', ['fbc', 'mfbc'])
-@pytest.mark.parametrize('network', ['chiunet', 'chitransformer'])
+@pytest.mark.parametrize('network', sorted(set(NETWORKS) - {'mlp'}))  # mlp: the state tests
 def test_image_agents(agent, network, lift_image_file, tmp_path):
-    run_cli([f'--agent={ROOT}/agents/{agent}.py', '--env_name=lift-scripted-image',
+    run_cli([f'--agent={AGENTS[agent].config_file()}', '--env_name=lift-scripted-image',
              f'--dataset_path={lift_image_file}', f'--network_type={network}', '--agent.encoder=impala',
              '--obs_steps=2', '--offline_steps=2', '--log_interval=1', '--eval_interval=2',
              '--save_interval=2', '--eval_episodes=1', '--eval_max_steps=30', *TINY], tmp_path)
