@@ -7,6 +7,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tests.test_encoders import make_obs, shape_meta
 from utils.network_factory import (
+    IMAGE_BACKBONES,
+    LOW_DIM_ENCODERS,
+    NETWORKS,
     count_parameters,
     get_encoder,
     get_network,
@@ -15,9 +18,10 @@ from utils.network_factory import (
     get_value,
 )
 
-NETWORKS = ['mlp', 'chiunet', 'chitransformer']
-STATE_ENCODERS = ['identity', 'mlp']
-IMAGE_ENCODERS = ['resnet18', 'impala']
+NETWORKS = sorted(NETWORKS)
+STATE_ENCODERS = sorted(LOW_DIM_ENCODERS)
+IMAGE_ENCODERS = ['resnet18', 'impala']  # one of each backbone kind (resnet34/50 only cost more time)
+assert set(IMAGE_ENCODERS) <= set(IMAGE_BACKBONES)
 
 
 def tiny_config(network, encoder=None, obs_steps=2, horizon=4, image=False, **overrides):

@@ -76,27 +76,6 @@ def get_network_config() -> ml_collections.ConfigDict:
     return config
 
 
-NETWORKS = {
-    'mlp': MLP,
-    'chiunet': ChiUNet,
-    'chitransformer': ChiTransformer,
-}
-
-LOW_DIM_ENCODERS = {
-    'identity': IdentityEncoder,
-    'mlp': MLPEncoder,
-}
-
-RESNETS = {
-    'resnet18': torchvision.models.resnet18,
-    'resnet34': torchvision.models.resnet34,
-    'resnet50': torchvision.models.resnet50,
-}
-
-# Image encoders are MultiImageObsEncoder around one of these backbones.
-IMAGE_BACKBONES = sorted([*RESNETS, 'impala'])
-
-
 def _field(config, key: str):
     """config[key], or a ValueError saying which field is missing and where it comes from."""
     try:
@@ -140,14 +119,12 @@ def get_encoder(config) -> nn.Module:
     shape_meta = _shape_meta(config)
     name = encoder_name(config)
     dropout = _field(config, 'encoder_dropout')
-    if name == 'identity':
-        return IdentityEncoder(shape_meta, dropout=dropout)
-    if name == 'mlp':
-        hidden_dims = tuple(_field(config, 'encoder_hidden_dims'))
-        return MLPEncoder(shape_meta, hidden_dims=hidden_dims, dropout=dropout)
+    if name in LOW_DIM_ENCODERS:
+        cls, kwargs = LOW_DIM_ENCODERS[name]
+        return cls(shape_meta, dropout=dropout, **kwargs(config))
     return MultiImageObsEncoder(
         shape_meta,
-        make_backbone=_backbone_builder(config, name),
+        make_backbone=IMAGE_BACKBONES[name](config, name),
         share_backbone=_field(config, 'share_backbone'),
         resize_shape=_field(config, 'resize_shape'),
         crop_shape=_field(config, 'crop_shape'),
@@ -157,13 +134,16 @@ def get_encoder(config) -> nn.Module:
     )
 
 
-def _backbone_builder(config, name: str):
-    """A function input_shape (C, h, w) -> image backbone module for the encoder `name`."""
-    if name == 'impala':
-        channels = tuple(_field(config, 'impala_channels'))
-        out_dim = _positive_int(config, 'impala_out_dim')
-        blocks = _field(config, 'impala_res_blocks')
-        return lambda shape: ImpalaCNN(shape, channels=channels, out_dim=out_dim, res_blocks=blocks)
+def _impala_backbone(config, name: str):
+    """input_shape (C, h, w) -> ImpalaCNN, sized by the impala_* fields."""
+    channels = tuple(_field(config, 'impala_channels'))
+    out_dim = _positive_int(config, 'impala_out_dim')
+    blocks = _field(config, 'impala_res_blocks')
+    return lambda shape: ImpalaCNN(shape, channels=channels, out_dim=out_dim, res_blocks=blocks)
+
+
+def _resnet_backbone(config, name: str):
+    """input_shape (C, h, w) -> torchvision ResNet `name` without its fc (random init or pretrained_path)."""
     path = _field(config, 'pretrained_path')
     if path is not None and not os.path.isfile(path):
         raise FileNotFoundError(
@@ -182,28 +162,64 @@ def _backbone_builder(config, name: str):
     return make
 
 
-def _network_kwargs(config, name: str) -> dict:
-    """Keyword arguments of the policy network `name` taken from the config."""
-    common = dict(emb_dim=_positive_int(config, 'emb_dim'),
-                  timestep_embedding=_field(config, 'timestep_embedding'),
-                  timestep_scale=config.get('timestep_scale'))
-    if name == 'mlp':
-        return dict(common, hidden_dims=tuple(_field(config, 'mlp_hidden_dims')),
-                    layer_norm=_field(config, 'mlp_layer_norm'))
-    if name == 'chiunet':
-        return dict(common, model_dim=_positive_int(config, 'model_dim'),
-                    dim_mult=tuple(_field(config, 'dim_mult')),
-                    kernel_size=_positive_int(config, 'kernel_size'),
-                    n_groups=_positive_int(config, 'n_groups'),
-                    cond_predict_scale=_field(config, 'cond_predict_scale'),
-                    obs_as_global_cond=_field(config, 'obs_as_global_cond'))
-    if name == 'chitransformer':
-        return dict(common, d_model=_positive_int(config, 'd_model'),
-                    n_heads=_positive_int(config, 'n_heads'),
-                    num_layers=_positive_int(config, 'num_layers'),
-                    dropout=_field(config, 'transformer_dropout'),
-                    attention_impl=_field(config, 'attention_impl'))
-    raise AssertionError(name)
+def _common_network_kwargs(config) -> dict:
+    """Keyword arguments every policy network takes from the config (time embedding)."""
+    return dict(emb_dim=_positive_int(config, 'emb_dim'),
+                timestep_embedding=_field(config, 'timestep_embedding'),
+                timestep_scale=config.get('timestep_scale'))
+
+
+def _mlp_kwargs(config) -> dict:
+    """MLP's own keyword arguments."""
+    return dict(hidden_dims=tuple(_field(config, 'mlp_hidden_dims')),
+                layer_norm=_field(config, 'mlp_layer_norm'))
+
+
+def _chiunet_kwargs(config) -> dict:
+    """ChiUNet's own keyword arguments."""
+    return dict(model_dim=_positive_int(config, 'model_dim'), dim_mult=tuple(_field(config, 'dim_mult')),
+                kernel_size=_positive_int(config, 'kernel_size'), n_groups=_positive_int(config, 'n_groups'),
+                cond_predict_scale=_field(config, 'cond_predict_scale'),
+                obs_as_global_cond=_field(config, 'obs_as_global_cond'))
+
+
+def _chitransformer_kwargs(config) -> dict:
+    """ChiTransformer's own keyword arguments."""
+    return dict(d_model=_positive_int(config, 'd_model'), n_heads=_positive_int(config, 'n_heads'),
+                num_layers=_positive_int(config, 'num_layers'), dropout=_field(config, 'transformer_dropout'),
+                attention_impl=_field(config, 'attention_impl'))
+
+
+def _no_kwargs(config) -> dict:
+    """No keyword arguments from the config."""
+    return {}
+
+
+# The name tables: the only place that knows network and encoder names. Adding a network is one class with
+# the common signature net(x (B,Tp,A), s (B,), t (B,), cond (B,To,D)) -> (y, scalar (B,1)) plus one entry:
+# name -> (class, config -> its own keyword arguments). Every network also takes action_dim, horizon,
+# obs_steps, cond_dim and _common_network_kwargs.
+NETWORKS = {
+    'mlp': (MLP, _mlp_kwargs),
+    'chiunet': (ChiUNet, _chiunet_kwargs),
+    'chitransformer': (ChiTransformer, _chitransformer_kwargs),
+}
+
+# Low-dim encoders: name -> (class(shape_meta, dropout, **kwargs) -> (B,To,D), config -> kwargs).
+LOW_DIM_ENCODERS = {
+    'identity': (IdentityEncoder, _no_kwargs),
+    'mlp': (MLPEncoder, lambda config: dict(hidden_dims=tuple(_field(config, 'encoder_hidden_dims')))),
+}
+
+RESNETS = {
+    'resnet18': torchvision.models.resnet18,
+    'resnet34': torchvision.models.resnet34,
+    'resnet50': torchvision.models.resnet50,
+}
+
+# Image encoders are MultiImageObsEncoder around one backbone per camera: name -> builder(config, name),
+# which returns input_shape (C, h, w) -> backbone module.
+IMAGE_BACKBONES = {**dict.fromkeys(RESNETS, _resnet_backbone), 'impala': _impala_backbone}
 
 
 def get_network(config, cond_dim: int | None = None) -> nn.Module:
@@ -217,12 +233,14 @@ def get_network(config, cond_dim: int | None = None) -> nn.Module:
     shape_meta = _shape_meta(config)
     if cond_dim is None:
         cond_dim = get_encoder(config).output_dim
-    return NETWORKS[name](
+    cls, kwargs = NETWORKS[name]
+    return cls(
         action_dim=int(shape_meta['action']['shape'][0]),
         horizon=_positive_int(config, 'horizon_length'),
         obs_steps=_positive_int(config, 'obs_steps'),
         cond_dim=int(cond_dim),
-        **_network_kwargs(config, name),
+        **_common_network_kwargs(config),
+        **kwargs(config),
     )
 
 
