@@ -27,9 +27,10 @@ from ml_collections import config_flags
 from envs import env_utils
 from envs.evaluation import evaluate_episodes
 from envs.task_defaults import task_defaults
+from utils.datasets import DEFAULT_DISCOUNT
 from utils.logging import CsvLogger, WandbLogger, write_video
 from utils.torch_utils import pick_device
-from utils.training import get_rng_state, load_checkpoint, set_rng_state
+from utils.training import get_rng_state, load_checkpoint, resolve_decay_steps, set_rng_state
 
 FLAGS = flags.FLAGS
 
@@ -145,8 +146,8 @@ def build_config():
         config['obs_type'] = env_utils.resolve_obs_type(FLAGS.env_name, config.obs_type, obs_keys)
     except ValueError as e:
         raise UserError(f'--agent.obs_type / --obs_type: {e}') from None
-    if config.get('lr_decay_steps', None) == -1:  # -1 means: decay over the whole run
-        config['lr_decay_steps'] = FLAGS.offline_steps
+    if 'lr_decay_steps' in config:  # -1: decay over the whole run (utils.training.resolve_decay_steps)
+        config['lr_decay_steps'] = resolve_decay_steps(config.lr_decay_steps, FLAGS.offline_steps)
     return config
 
 
@@ -312,7 +313,7 @@ class Run:
     def sample(self, dataset):
         c = self.config
         return dataset.sample_sequence(c.batch_size, c.horizon_length, obs_steps=c.obs_steps,
-                                       discount=c.get('discount', 0.99))
+                                       discount=c.get('discount', DEFAULT_DISCOUNT))
 
     def run_eval(self):
         """Evaluate the agent (EMA weights, eval mode); log eval.csv, episodes.csv, wandb and videos."""

@@ -18,6 +18,7 @@ import torch
 from ml_collections import config_dict
 from torch import nn
 
+from utils.datasets import DEFAULT_DISCOUNT
 from utils.network_factory import get_network_and_encoder, get_network_config
 from utils.normalizer import Normalizer
 from utils.shape_meta import OBS_TYPES, obs_type_of, validate_shape_meta
@@ -50,13 +51,14 @@ def get_base_config():
     config.weight_decay = 1e-6  # AdamW weight decay
     config.lr_schedule = 'cosine'  # 'cosine' (decay to 0 at lr_decay_steps) or 'constant' after warmup
     config.warmup_steps = 500  # linear LR warmup steps
-    config.lr_decay_steps = -1  # end of the cosine decay; -1 = train_bc.py sets it to --max_steps
+    config.lr_decay_steps = -1  # end of the cosine decay; -1 = the whole run (training.resolve_decay_steps)
     config.grad_clip_norm = 0.0  # max global grad norm; 0 disables clipping
     config.use_ema = True  # keep an EMA of the weights and sample / evaluate with it
     config.ema_power = 0.75  # EMA decay warmup power (Diffusion Policy)
     config.ema_max_decay = 0.9999  # EMA decay ceiling
     config.use_bf16 = False  # bf16 autocast for the forward passes on CUDA (ignored on CPU)
-    config.discount = 0.99  # reward discount per env step (dataset chunk returns; used by FQL)
+    # reward discount gamma per env step (dataset chunk returns); FQL's critic bootstraps with gamma ** Tp
+    config.discount = DEFAULT_DISCOUNT
     return config
 
 

@@ -32,7 +32,6 @@ def get_config():
     config.lr_schedule = 'constant'  # no decay, as in the reference
     config.warmup_steps = 0  # no warmup, as in the reference
     config.use_ema = False  # the reference samples with the live weights
-    config.discount = 0.99  # gamma per env step; the critic bootstraps with gamma ** horizon_length
     config.alpha = 100.0  # weight of the one-step distillation term
     config.q_agg = 'mean'  # aggregation of the target ensemble: 'mean' or 'min'
     config.normalize_q_loss = False  # scale the Q term by stopgrad(1 / mean |Q|)

@@ -15,6 +15,8 @@ import numpy as np
 
 from utils.shape_meta import low_dim_keys, rgb_keys
 
+DEFAULT_DISCOUNT = 0.99  # reward discount per env step; the agent config's `discount` defaults to it
+
 
 class _GrowableArray:
     """A (rows, ...) numpy array with spare capacity, so episodes can be appended in amortised O(rows)."""
@@ -92,7 +94,7 @@ class Dataset:
         return list(self.shape_meta['obs'])
 
     def sample_sequence(self, batch_size: int, sequence_length: int, obs_steps: int = 1,
-                        discount: float = 0.99, idxs=None) -> dict:
+                        discount: float = DEFAULT_DISCOUNT, idxs=None) -> dict:
         """Sample windows at uniform steps i (or at step indices `idxs`); see ARCHITECTURE.md for the keys."""
         if sequence_length < 1 or obs_steps < 1:
             raise ValueError(f'sequence_length={sequence_length} and obs_steps={obs_steps} must be >= 1')

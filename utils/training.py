@@ -12,6 +12,16 @@ __all__ = ['EMA', 'Trainer', 'autocast', 'eval_mode', 'load_checkpoint', 'lr_lam
            'get_rng_state', 'save_checkpoint', 'set_rng_state', 'strip_compile_prefix']
 
 
+def resolve_decay_steps(lr_decay_steps, total_steps=None):
+    """The step at which the cosine decay ends. `lr_decay_steps` -1 means the whole run: `total_steps`
+    (train_bc.py passes --offline_steps). With no total (an agent built outside a run) -1 stays -1, which
+    lr_lambda reads as no decay end: the LR stays at its peak after warmup."""
+    lr_decay_steps = int(lr_decay_steps)
+    if lr_decay_steps == -1 and total_steps is not None:
+        return int(total_steps)
+    return lr_decay_steps
+
+
 def lr_lambda(step, warmup_steps, decay_steps, schedule):
     """LR multiplier at `step`: linear warmup over `warmup_steps`, then 'cosine' decay to 0 at `decay_steps`
     (no decay when decay_steps <= warmup_steps) or 'constant'."""
@@ -107,7 +117,8 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay)
-        warmup, decay, schedule = int(config.warmup_steps), int(config.lr_decay_steps), config.lr_schedule
+        warmup, schedule = int(config.warmup_steps), config.lr_schedule
+        decay = resolve_decay_steps(config.lr_decay_steps)  # a run has resolved -1 already
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_lambda(step, warmup, decay, schedule))
         self.grad_clip_norm = config.grad_clip_norm
