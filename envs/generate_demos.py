@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from envs.experts import EXPERTS
+from utils.shape_meta import OBS_TYPE_NAMES, canonical_obs_type
 
 TASK_SPECS = {
     'lift': {'env_name': 'Lift', 'object_dim': 10, 'max_steps': 200},
@@ -30,7 +31,7 @@ TASK_SPECS = {
 CAMERAS = ('agentview', 'robot0_eye_in_hand')
 IMAGE_SIZE = 84
 LOW_DIM_KEYS = {'robot0_eef_pos': 3, 'robot0_eef_quat': 4, 'robot0_gripper_qpos': 2}
-OBS_TYPE_ALIASES = {'low_dim': 'low_dim', 'state': 'low_dim', 'image': 'image'}
+FILE_OBS_TYPES = {'state': 'low_dim', 'image': 'image'}  # robomimic's file name per observation type
 VALID_FRACTION = 0.1
 
 
@@ -41,10 +42,11 @@ def _check_task(task):
 
 
 def _obs_type(obs_type):
-    """'low_dim' | 'state' | 'image' -> 'low_dim' | 'image'."""
-    if obs_type not in OBS_TYPE_ALIASES:
-        raise ValueError(f'--obs must be one of {sorted(OBS_TYPE_ALIASES)}, got {obs_type!r}')
-    return OBS_TYPE_ALIASES[obs_type]
+    """'low_dim' | 'state' | 'image' -> 'low_dim' | 'image' (the alias rule: utils.shape_meta)."""
+    try:
+        return FILE_OBS_TYPES[canonical_obs_type(obs_type)]
+    except ValueError as e:
+        raise ValueError(f'--obs: {e}') from None
 
 
 def default_out_path(task, obs_type):
@@ -263,7 +265,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--task', required=True, choices=sorted(TASK_SPECS))
     p.add_argument('--num_demos', type=int, default=100)
-    p.add_argument('--obs', default='low_dim', choices=sorted(OBS_TYPE_ALIASES))
+    p.add_argument('--obs', default='low_dim', choices=OBS_TYPE_NAMES)
     p.add_argument('--out', default=None,
                    help='output hdf5 (default <$ROBOMIMIC_DATA_DIR>/<task>/scripted/...)')
     p.add_argument('--seed', type=int, default=0)

@@ -32,6 +32,7 @@ def key_type(key: str) -> str:
 # Observation types of the agent config; robomimic names call 'state' 'low_dim' (the one alias).
 OBS_TYPES = ('state', 'image')
 _OBS_TYPE_ALIASES = {'state': 'state', 'low_dim': 'state', 'image': 'image'}
+OBS_TYPE_NAMES = tuple(sorted(_OBS_TYPE_ALIASES))  # every accepted spelling (for CLI choices)
 
 
 def canonical_obs_type(obs_type: str) -> str:
