@@ -74,6 +74,20 @@ def test_checker_sees_every_kind_of_import():
     assert list(imported_rooms(source)) == [(2, 'envs'), (5, 'agents'), (6, 'utils')]
 
 
+def test_no_test_module_imports_another():
+    """Shared test code lives in conftest.py or a helper module (tests/helpers.py, agent_contract.py)."""
+    bad = []
+    for path in python_files():
+        if room_of(path) != 'tests':
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f'{path.relative_to(ROOT)}:{node.lineno} imports {n}' for n in names
+                    if n.startswith('tests.test_')]
+    assert not bad, 'test modules importing test modules:\n' + '\n'.join(bad)
+
+
 def test_no_benchmark_module_in_the_library():
     """Benchmarks live in bench/ only."""
     strays = [str(p.relative_to(ROOT)) for p in python_files()

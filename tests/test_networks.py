@@ -5,7 +5,7 @@ import torch
 from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tests.test_encoders import make_obs, shape_meta
+from tests.helpers import make_obs, shape_meta
 from utils.network_factory import (
     IMAGE_BACKBONES,
     LOW_DIM_ENCODERS,
