@@ -1,19 +1,52 @@
 """Scripted waypoint experts for robosuite Lift, PickPlaceCan and NutAssemblySquare, with two strategies.
 
 An expert reads privileged positions from the simulator and steps toward waypoints with the delta OSC_POSE
-action `clip(gain * (target - eef), -1, 1)` (one unit = 5 cm per step); Square also turns the gripper about
-the vertical. Measured success (low_dim, random initial states): see tests/test_generate_demos.py.
-Strategy 0 / 1 approach the object from the robot's left / right (+y / -y) before descending, so
-multimodal data holds two distinct paths that the observation does not determine.
+action `clip(gain * (target - eef), -speed, speed)` (one unit = 5 cm per step); Square also turns the
+gripper about the vertical and holds it pointing straight down. Every task starts with the same pick
+(`WaypointExpert.pick_phases`: side approach, above, descend, close, up); a task adds only its object,
+its grasp offsets and what follows the pick. Strategy 0 / 1 approach the object from the robot's
+left / right (+y / -y) before descending, so multimodal data holds two distinct paths that the
+observation does not determine.
+
+The demos are meant to be imitated: a phase ends on the observable state (eef near its target, the fingers
+come to rest, the nut turned square), never on a step count, so no demo waits with a constant action while
+nothing moves; a new phase ramps its speed up with the distance moved instead of jumping to full speed.
+PHASE_TIMEOUT is a safety net only (the phases it ended are listed in `timeouts`).
+
+Measured with `run_episode` (low_dim, seeds from np.random.default_rng(123), strategy k % 2, as
+tests/test_generate_demos.py::test_expert_success_rate does; phase timeouts read from `expert.timeouts`):
+Lift 50/50 (demo length mean 61, max 66), Can 30/30 (151, 178), Square 100/100 (214, 333); one phase
+timeout in those 180 demos (a Square approach whose wrist reached its joint limit). Before this design
+(fixed 10-15 step gripper waits, 60-step timeouts): Can 161/208 long with 14 timeouts in 30 demos,
+Square 88/100 with 73 timeouts.
 """
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 GAIN = 10.0
 OPEN, CLOSE = -1.0, 1.0
 SIDE_OFFSET = 0.12  # m, lateral offset of the approach waypoint per strategy
-PHASE_TIMEOUT = 60  # steps before a phase is given up as reached
+PHASE_TIMEOUT = 150  # steps before a phase is given up as reached (a safety net; no normal demo hits it)
 YAW_GAIN = 3.0  # rotation action per rad of yaw error
+WRIST_LIMIT = 2.7  # rad, Panda's last joint stops at +-2.9
+LEVEL_GAIN = 1.0  # rotation action per rad of gripper tilt from vertical
+START_SPEED, RAMP = 0.3, 20.0  # a phase starts at |action| <= 0.3, +0.2 per cm moved since it began
+FINGER_REST = 5e-4  # m per step: fingers moving less than this have closed on the object
+RELEASE_GAP = 0.012  # m the fingers open by before the object counts as let go
+
+
+class Phase(NamedTuple):
+    """One waypoint: move the eef toward target() with the gripper command until within tol and done()."""
+
+    name: str
+    target: Callable[[], np.ndarray]
+    gripper: float
+    tol: float = 0.01  # m
+    speed: float = 1.0  # largest |action| per translation axis
+    done: Callable[[], bool] | None = None  # further condition on the state to leave the phase
 
 
 def wrap(angle, period):
@@ -28,96 +61,190 @@ def body_yaw(raw, body_id):
 
 
 class WaypointExpert:
-    """Follows (target_fn, gripper, tolerance, min_steps[, speed]) phases; one instance per episode."""
+    """Follows a list of Phases: the shared pick, then the task's own; one instance per episode.
+
+    A subclass gives `grasp_point()` (what the fingers close on), the class constants below and
+    `place_phases()` (what follows the pick).
+    """
+
+    APPROACH_HEIGHT = 0.12  # m above the grasp point, at the strategy's side
+    ABOVE_HEIGHT = 0.06  # m above the grasp point, before descending
+    GRASP_DZ = 0.0  # m, eef target relative to the grasp point when closing
+    ABOVE_TOL, DESCEND_TOL = 0.015, 0.01  # m
+    LIFT_SPEED = 1.0
+    LEVEL = False  # keep the gripper pointing straight down (see level_action)
 
     def __init__(self, env, strategy=0):
         self.env = env
         self.raw = env.raw
         self.strategy = int(strategy)
-        self.phases = self.make_phases()
+        self._fingers = self._prev_fingers = self.finger_gap()
+        self.phases = self.pick_phases() + self.place_phases()
         self.phase = 0
         self.phase_steps = 0
+        self.starts = {self.phases[0].name: self.eef_pos()}  # phase name -> eef position at its start
+        self.gap_at_start = self._fingers
+        self.timeouts = []  # names of the phases left by PHASE_TIMEOUT (diagnostics)
 
-    def make_phases(self):
-        """Return the phase list (subclasses)."""
+    # --- what a task states -------------------------------------------------------------------------
+    def grasp_point(self):
+        """Point the fingers close on (subclasses)."""
         raise NotImplementedError
 
+    def carry_z(self):
+        """Height (world z) the eef carries the object at (subclasses)."""
+        raise NotImplementedError
+
+    def place_phases(self):
+        """Phases after the pick (subclasses)."""
+        raise NotImplementedError
+
+    # --- the shared pick ----------------------------------------------------------------------------
+    def pick_phases(self):
+        """Approach from the strategy's side, go above, descend, close until the fingers rest, lift."""
+        def side_approach():
+            return self.grasp_point() + np.array([0.0, self.side(), self.APPROACH_HEIGHT])
+
+        def above():
+            return self.grasp_point() + np.array([0.0, 0.0, self.ABOVE_HEIGHT])
+
+        def descend():
+            return self.grasp_point() + np.array([0.0, 0.0, self.GRASP_DZ])
+
+        def up():
+            p = self.start_of('close')
+            return np.array([p[0], p[1], self.carry_z()])
+
+        return [Phase('side_approach', side_approach, OPEN, 0.03),  # passed through, not stopped at
+                Phase('above', above, OPEN, self.ABOVE_TOL, done=self.aligned),
+                Phase('descend', descend, OPEN, self.DESCEND_TOL, done=self.aligned),
+                Phase('close', self.hold, CLOSE, 1.0, done=self.fingers_rest),  # no wait once they rest
+                Phase('up', up, CLOSE, 0.02, self.LIFT_SPEED)]
+
+    def release_phases(self, retreat_dz=0.1):
+        """Open where the eef is until the fingers have let go, then move straight up by retreat_dz."""
+        def let_go():
+            return self.finger_gap() > self.gap_at_start + RELEASE_GAP
+
+        def retreat():
+            return self.start_of('release') + np.array([0.0, 0.0, retreat_dz])
+
+        return [Phase('release', self.hold, OPEN, 1.0, done=let_go),
+                Phase('retreat', retreat, OPEN, 0.0)]
+
+    # --- state ------------------------------------------------------------------------------------------
     def eef_pos(self):
         """End-effector position (world frame)."""
         return np.array(self.raw.sim.data.site_xpos[self.raw.robots[0].eef_site_id['right']])
+
+    def finger_gap(self):
+        """Distance between the two finger joints (m)."""
+        q = self.raw.robots[0]._ref_gripper_joint_pos_indexes['right']
+        return float(self.raw.sim.data.qpos[q[0]] - self.raw.sim.data.qpos[q[1]])
+
+    def fingers_rest(self):
+        """The fingers have stopped moving (closed on the object, or fully open)."""
+        return self.phase_steps >= 2 and abs(self._fingers - self._prev_fingers) < FINGER_REST
+
+    def start_of(self, name):
+        """Eef position when phase `name` began."""
+        return self.starts[name]
+
+    def hold(self):
+        """Stay where the current phase began (while the gripper closes or opens)."""
+        return self.starts[self.phase_name()]
 
     def side(self):
         """Lateral approach offset of this episode's strategy: +y for 0, -y for 1."""
         return SIDE_OFFSET if self.strategy == 0 else -SIDE_OFFSET
 
-    def act(self):
-        """Next 7-D action in [-1, 1]."""
-        target_fn, gripper, tol, min_steps, speed = self._phase()
-        delta = target_fn() - self.eef_pos()
-        reached = np.linalg.norm(delta) < tol and self.phase_steps >= min_steps
-        reached = reached or self.phase_steps >= PHASE_TIMEOUT  # e.g. blocked by the table: move on
-        if reached and self.phase < len(self.phases) - 1:
-            self.phase += 1
-            self.phase_steps = 0
-            target_fn, gripper, tol, min_steps, speed = self._phase()
-            delta = target_fn() - self.eef_pos()
-        self.phase_steps += 1
-        action = np.zeros(7)
-        action[:3] = np.clip(GAIN * delta, -speed, speed)
-        action[5] = np.clip(YAW_GAIN * self.yaw_error(), -1.0, 1.0)
-        action[6] = gripper
-        return action
-
-    def _phase(self):
-        """Current phase as (target_fn, gripper, tolerance, min_steps, speed); speed defaults to 1."""
-        phase = self.phases[self.phase]
-        return (*phase, 1.0) if len(phase) == 4 else phase
-
     def yaw_error(self):
         """Wanted rotation of the gripper about the vertical (rad); 0 keeps the current yaw."""
         return 0.0
+
+    def level_action(self):
+        """Rotation action about the world x, y axes that keeps the gripper pointing straight down.
+
+        The delta OSC_POSE controller never corrects orientation drift: carrying the Square nut, the
+        gripper sagged by 20-40 degrees and the tilted nut landed on top of the peg.
+        """
+        if not self.LEVEL:
+            return np.zeros(2)
+        down = self.raw.sim.data.site_xmat[self.raw.robots[0].eef_site_id['right']].reshape(3, 3)[:, 2]
+        axis = np.cross(down, [0.0, 0.0, -1.0])
+        s = np.linalg.norm(axis)
+        tilt = axis * (np.arctan2(s, -down[2]) / s) if s > 1e-9 else np.zeros(3)
+        return np.clip(LEVEL_GAIN * tilt[:2], -0.3, 0.3)
+
+    def aligned(self):
+        """The gripper's yaw is where yaw_error() wants it."""
+        return abs(self.yaw_error()) < 0.05
 
     def gripper_yaw(self):
         """Yaw of the gripper's finger-closing axis (its local y axis) in the world frame."""
         rot = self.raw.sim.data.site_xmat[self.raw.robots[0].eef_site_id['right']].reshape(3, 3)
         return float(np.arctan2(rot[1, 1], rot[0, 1]))
 
+    # --- stepping -------------------------------------------------------------------------------------
+    def _reached(self, ph):
+        """Phase ph is done at the current state."""
+        near = np.linalg.norm(ph.target() - self.eef_pos()) < ph.tol
+        return near and (ph.done is None or ph.done())
+
+    def act(self):
+        """Next 7-D action in [-1, 1]."""
+        self._prev_fingers, self._fingers = self._fingers, self.finger_gap()
+        ph = self.phases[self.phase]
+        timeout = self.phase_steps >= PHASE_TIMEOUT
+        if self.phase < len(self.phases) - 1 and (self._reached(ph) or timeout):
+            if timeout and not self._reached(ph):
+                self.timeouts.append(ph.name)
+            self.phase += 1
+            self.phase_steps = 0
+            ph = self.phases[self.phase]
+            self.starts[ph.name] = self.eef_pos()
+            self.gap_at_start = self._fingers
+        delta = ph.target() - self.eef_pos()
+        self.phase_steps += 1
+        moved = np.linalg.norm(self.eef_pos() - self.starts[ph.name])
+        speed = min(ph.speed, START_SPEED + RAMP * moved)
+        action = np.zeros(7)
+        action[:3] = np.clip(GAIN * delta, -speed, speed)
+        action[3:5] = self.level_action()
+        action[5] = np.clip(YAW_GAIN * self.yaw_error(), -1.0, 1.0)
+        action[6] = ph.gripper
+        return action
+
+    def phase_name(self):
+        """Name of the current phase."""
+        return self.phases[self.phase].name
+
 
 class LiftExpert(WaypointExpert):
-    """Lift: approach above the cube (from the strategy's side), descend, close, lift."""
+    """Lift: the shared pick of the cube; the episode succeeds during the lift."""
 
-    def cube(self):
+    GRASP_DZ = -0.005
+    DESCEND_TOL = 0.008
+
+    def grasp_point(self):
         """Cube position."""
         return np.array(self.raw.sim.data.body_xpos[self.raw.cube_body_id])
 
-    def make_phases(self):
-        """Waypoints of the lift."""
-        grasp_at = {}
+    def carry_z(self):
+        """15 cm above the grasp."""
+        return self.start_of('close')[2] + 0.15
 
-        def side_approach():
-            return self.cube() + np.array([0.0, self.side(), 0.12])
-
-        def above():
-            return self.cube() + np.array([0.0, 0.0, 0.06])
-
-        def grasp():
-            return self.cube() + np.array([0.0, 0.0, -0.005])
-
-        def hold():
-            grasp_at.setdefault('p', self.eef_pos())
-            return grasp_at['p']
-
-        def lift():
-            return hold() + np.array([0.0, 0.0, 0.15])
-
-        return [(side_approach, OPEN, 0.02, 1), (above, OPEN, 0.015, 1), (grasp, OPEN, 0.008, 1),
-                (hold, CLOSE, 1.0, 12), (lift, CLOSE, 0.0, 1)]
+    def place_phases(self):
+        """Nothing after the lift."""
+        return []
 
 
 class CanExpert(WaypointExpert):
-    """PickPlaceCan: approach from the strategy's side, grasp, carry over the bin, release, retreat."""
+    """PickPlaceCan: the shared pick, then carry over the bin, lower, release, retreat."""
 
-    def can(self):
+    GRASP_DZ = 0.01  # the fingertips reach the bin floor 1 cm above the can centre
+
+    def grasp_point(self):
         """Can position."""
         return np.array(self.raw.sim.data.body_xpos[self.raw.obj_body_id['Can']])
 
@@ -126,48 +253,33 @@ class CanExpert(WaypointExpert):
         idx = [o.name for o in self.raw.objects].index('Can')
         return np.array(self.raw.target_bin_placements[idx])
 
-    def make_phases(self):
-        """Waypoints of the pick and place."""
-        grasp_at = {}
-        carry_z = 1.05
+    def carry_z(self):
+        """Carry height (world z), clear of the bin walls."""
+        return 1.05
 
-        def side_approach():
-            return self.can() + np.array([0.0, self.side(), 0.12])
-
-        def above():
-            return self.can() + np.array([0.0, 0.0, 0.06])
-
-        def grasp():
-            return self.can() + np.array([0.0, 0.0, 0.0])
-
-        def hold():
-            grasp_at.setdefault('p', self.eef_pos())
-            return grasp_at['p']
-
-        def up():
-            p = hold().copy()
-            p[2] = carry_z
-            return p
-
+    def place_phases(self):
+        """Over the bin, lower, open, retreat."""
         def over_bin():
             p = self.bin_target()
-            return np.array([p[0], p[1], carry_z])
+            return np.array([p[0], p[1], self.carry_z()])
 
         def lower():
             p = self.bin_target()
             return np.array([p[0], p[1], p[2] + 0.12])
 
-        def retreat():
-            p = self.bin_target()
-            return np.array([p[0], p[1], carry_z + 0.05])
-
-        return [(side_approach, OPEN, 0.02, 1), (above, OPEN, 0.015, 1), (grasp, OPEN, 0.01, 1),
-                (hold, CLOSE, 1.0, 12), (up, CLOSE, 0.02, 1), (over_bin, CLOSE, 0.02, 1),
-                (lower, CLOSE, 0.02, 1), (lower, OPEN, 1.0, 10), (retreat, OPEN, 0.0, 1)]
+        return [Phase('over_bin', over_bin, CLOSE, 0.04),  # passed through on the way down
+                Phase('lower', lower, CLOSE, 0.02), *self.release_phases()]
 
 
 class SquareExpert(WaypointExpert):
-    """NutAssemblySquare: grasp the handle, lift, turn the nut square to the peg, drop it over the peg."""
+    """NutAssemblySquare: the shared pick of the handle, turn the nut square to the peg, drop it over."""
+
+    GRASP_DZ = 0.002
+    ABOVE_TOL, DESCEND_TOL = 0.01, 0.005
+    LIFT_SPEED = 0.5  # a fast lift swings the nut
+    LEVEL = True  # a sagging gripper tilts the nut, which then lands on top of the peg
+    CARRY_SPEED = 0.5
+    XY_TOL = 0.003  # m, nut centre over the peg before it is lowered
 
     def nut_id(self):
         """Body id of the square nut."""
@@ -177,7 +289,7 @@ class SquareExpert(WaypointExpert):
         """Nut centre position."""
         return np.array(self.raw.sim.data.body_xpos[self.nut_id()])
 
-    def handle(self):
+    def grasp_point(self):
         """Handle site position."""
         return np.array(self.raw.sim.data.site_xpos[self.raw.sim.model.site_name2id('SquareNut_handle_site')])
 
@@ -185,57 +297,71 @@ class SquareExpert(WaypointExpert):
         """Square peg position (its axes are world-aligned)."""
         return np.array(self.raw.sim.data.body_xpos[self.raw.peg1_body_id])
 
+    def table_z(self):
+        """Table top height."""
+        return float(self.raw.table_offset[2])
+
+    def carry_z(self):
+        """Carry height: the nut clears the peg."""
+        return self.table_z() + 0.25
+
     def yaw_error(self):
-        """Before the grasp: close across the handle; after: turn the nut square to the peg."""
-        if self.phase <= 3:  # approach, above, descend, close
+        """Before the grasp: close across the handle; carrying: turn the nut square to the peg."""
+        name = self.phase_name()
+        if name in ('side_approach', 'above', 'descend', 'close'):
             return wrap(body_yaw(self.raw, self.nut_id()) + np.pi / 2 - self.gripper_yaw(), np.pi)
-        if self.phase == 4 or self.phase >= 8:  # lifting (let the nut settle) / released
-            return 0.0
-        return 0.3 * wrap(-body_yaw(self.raw, self.nut_id()), np.pi / 2)  # turn slowly: a fast turn swings it
+        if name in ('over_peg', 'align'):
+            return float(np.clip(0.3 * self.nut_turn(), -0.1, 0.1))  # slowly: a fast turn swings it
+        return 0.0
 
-    def make_phases(self):
-        """Waypoints of the nut placement."""
-        grasp_at = {}
-        table_z = float(self.raw.table_offset[2])
-        carry_z = table_z + 0.25
+    def wrist(self):
+        """Angle of the Panda's last joint (rad); it turns opposite to the gripper's yaw."""
+        return float(self.raw.sim.data.qpos[self.raw.robots[0]._ref_joint_pos_indexes[6]])
 
-        def side_approach():
-            return self.handle() + np.array([0.0, self.side(), 0.12])
+    def nut_turn(self):
+        """Turn (rad) that squares the nut to the peg, preferring its handle toward the robot.
 
-        def above():
-            return self.handle() + np.array([0.0, 0.0, 0.06])
+        Over the peg the arm is near full extension: with the handle pointing away (+x) or sideways the
+        eef must reach 0-5 cm beyond the peg and the stretched arm stalls there; with the handle toward
+        the robot (-x) it stops 5 cm short. A turn is scored |turn| + 2 x (handle's x direction) and must
+        keep the last wrist joint (which turns opposite to the gripper's yaw) inside its range.
+        """
+        yaw = body_yaw(self.raw, self.nut_id())
+        wrist = self.wrist()
+        best, turn = np.inf, 0.0
+        for k in range(-4, 5):
+            target = k * np.pi / 2
+            t = target - yaw
+            score = abs(t) + 2.0 * np.cos(target)
+            if abs(t) < 1.2 * np.pi and abs(wrist - t) < WRIST_LIMIT and score < best:
+                best, turn = score, t
+        return float(turn)
 
-        def grasp():
-            return self.handle() + np.array([0.0, 0.0, 0.002])
+    def nut_xy_error(self):
+        """Horizontal distance of the nut centre from the peg axis (m)."""
+        return float(np.linalg.norm((self.nut() - self.peg())[:2]))
 
-        def hold():
-            grasp_at.setdefault('p', self.eef_pos())
-            return grasp_at['p']
-
-        def up():
-            p = hold().copy()
-            p[2] = carry_z
-            return p
-
+    def place_phases(self):
+        """Carry the nut over the peg while turning it, lower it once centred, release, retreat."""
         def nut_to(target):
             return self.eef_pos() + (target - self.nut())
 
         def over_peg():
             p = self.peg()
-            return nut_to(np.array([p[0], p[1], carry_z - 0.02]))
+            return nut_to(np.array([p[0], p[1], self.carry_z() - 0.02]))
 
         def align():
+            # Lower only while the nut is centred over the peg; otherwise re-centre at the carry height.
             p = self.peg()
-            return nut_to(np.array([p[0], p[1], table_z + 0.17]))  # nut bottom 1 cm above the peg top
+            z = self.table_z() + 0.17 if self.nut_xy_error() < 2 * self.XY_TOL else self.carry_z() - 0.02
+            return nut_to(np.array([p[0], p[1], z]))  # nut bottom 1 cm above the peg top
 
-        def retreat():
-            p = self.eef_pos()
-            return np.array([p[0], p[1], carry_z])
+        def centred():
+            return self.nut_xy_error() < self.XY_TOL and abs(self.nut_turn()) < 0.03
 
-        return [(side_approach, OPEN, 0.02, 1), (above, OPEN, 0.01, 5), (grasp, OPEN, 0.005, 3),
-                (hold, CLOSE, 1.0, 15), (up, CLOSE, 0.02, 10, 0.5), (up, CLOSE, 0.02, 20),
-                (over_peg, CLOSE, 0.006, 20, 0.5),
-                (align, CLOSE, 0.002, 15, 0.5), (align, OPEN, 1.0, 10), (retreat, OPEN, 0.0, 1)]
+        return [Phase('over_peg', over_peg, CLOSE, 0.01, self.CARRY_SPEED, done=centred),
+                Phase('align', align, CLOSE, 0.003, self.CARRY_SPEED, done=centred),
+                *self.release_phases()]
 
 
 EXPERTS = {'lift': LiftExpert, 'can': CanExpert, 'square': SquareExpert}

@@ -117,9 +117,9 @@ def test_multimodal_draws_two_distinct_strategies(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('task,episodes,threshold',
-                         [('lift', 20, 0.95), ('can', 10, 0.8), ('square', 10, 0.7)])
+                         [('lift', 20, 0.95), ('can', 10, 0.8), ('square', 20, 0.95)])
 def test_expert_success_rate(task, episodes, threshold):
-    """Scripted experts succeed on random initial states (Lift >= 95%, Can >= 80%, Square >= 70%)."""
+    """Scripted experts succeed on random initial states (Lift >= 19/20, Can >= 8/10, Square >= 19/20)."""
     env = RobosuiteEnv(**env_spec(task, 'low_dim'))
     rng = np.random.default_rng(123)
     seeds = rng.integers(2**31 - 1, size=episodes)
