@@ -153,12 +153,12 @@ def build_config():
 
 def task_recipe():
     """(flag values, agent field values) of `envs.task_defaults` for --env_name and the agent file."""
-    task = env_utils.parse_env_name(FLAGS.env_name).task
+    parsed = env_utils.parse_env_name(FLAGS.env_name)
     try:
         agent_name = FLAGS.agent.get('agent_name')
     except OSError:  # a bad --agent file: build_config reports it
         return {}, {}
-    return task_defaults(task, agent_name)
+    return task_defaults(parsed.task, parsed.obs_type, agent_name)
 
 
 def apply_task_flag_defaults(flag_values):
@@ -175,7 +175,8 @@ def apply_task_field_defaults(config, fields):
     """Set the recipe's agent fields that the user did not give (in place); returns those set.
 
     Given: a field set by `--agent.x` or a shortcut flag, or one the agent file sets to a value other than
-    its agent's `get_config()` (a preset states what differs, and that wins over the task's recipe).
+    its agent's `get_config()` (a preset states what differs, and that wins over the task's recipe). A recipe
+    that names a `network_type` was tuned for that network: with another network given, none of it applies.
     """
     from agents import AGENTS
 
@@ -185,6 +186,11 @@ def apply_task_field_defaults(config, fields):
     given = set(config_flags.get_override_values(FLAGS['agent']))
     given |= {name for name in SHORTCUT_FLAGS if getattr(FLAGS, name) is not None}
     given |= {k for k in base if k in config and config[k] != base[k]}
+    recipe_net = fields.get('network_type')
+    if recipe_net is not None and 'network_type' in given and config.network_type != recipe_net:
+        print(f'note: the task recipe {fields} is tuned for network_type={recipe_net!r}; with '
+              f'network_type={config.network_type!r} none of it is applied', file=sys.stderr)
+        return {}
     applied = {}
     for name, value in fields.items():
         if name not in given:

@@ -198,9 +198,10 @@ def test_failure_videos_and_episode_log(lift_state_file, tmp_path):
 TASK_DEFAULTS_SCRIPT = '''
 import sys
 import envs.task_defaults as td
-td.TASK_DEFAULTS['lift'] = {'flags': {'offline_steps': 3, 'eval_interval': 3},
-                            'agent': {'lr': 0.123, 'batch_size': 6, 'mlp_hidden_dims': (24, 24)},
-                            'agents': {'fbc': {'flow_steps': 3}, 'mfbc': {'flow_steps': 99}}}
+td.TASK_DEFAULTS['lift'] = {'low_dim': {
+    'flags': {'offline_steps': 3, 'eval_interval': 3},
+    'agent': {'lr': 0.123, 'batch_size': 6, 'mlp_hidden_dims': (24, 24)},
+    'agents': {'fbc': {'flow_steps': 3}, 'mfbc': {'flow_steps': 99}}}}
 from absl import app
 import train_bc
 sys.argv = ['train_bc.py'] + sys.argv[1:]
@@ -274,3 +275,25 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(lift_state_file, t
     assert 1 <= ckpt['extra']['trainer']['step'] < 50
     weights = [v for v in ckpt['trainer']['model'].values() if torch.is_tensor(v)]
     assert weights and all(torch.isfinite(w).all() for w in weights)
+
+
+@pytest.mark.parametrize('extra, applied', [
+    ([], {'agent.network_type': 'mlp', 'agent.lr': 1e-3, 'agent.action_steps': 4}),
+    (['--agent.lr=3e-4'], {'agent.network_type': 'mlp', 'agent.action_steps': 4}),
+    (['--network_type=chiunet', '--agent.model_dim=16', '--agent.dim_mult=(1,2)'], {}),
+])
+def test_the_can_recipe_a_user_gets(extra, applied, lift_state_file, tmp_path):
+    """`--env_name=can-scripted-low_dim` alone resolves to the measured FBC recipe; a given field wins, and
+    another network drops the recipe's agent fields (they were tuned for the MLP)."""
+    proc = run_cli(['--env_name=can-scripted-low_dim', f'--dataset_path={lift_state_file}',
+                    '--offline_steps=1', '--eval_episodes=0', '--agent.batch_size=4', '--wandb_mode=disabled',
+                    *extra], tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    saved = json.load(open(os.path.join(run_dir, 'flags.json')))
+    recipe = {k: v for k, v in saved['task_defaults'].items() if k.startswith('agent.')}
+    assert recipe == applied
+    assert saved['eval_interval'] == 5000  # the task's flag default, whatever the network
+    if not applied:
+        assert 'tuned for network_type' in proc.stderr
+    else:
+        assert saved['agent']['lr'] == (3e-4 if extra else 1e-3) and saved['agent']['action_steps'] == 4
