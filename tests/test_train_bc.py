@@ -297,3 +297,26 @@ def test_the_can_recipe_a_user_gets(extra, applied, lift_state_file, tmp_path):
         assert 'tuned for network_type' in proc.stderr
     else:
         assert saved['agent']['lr'] == (3e-4 if extra else 1e-3) and saved['agent']['action_steps'] == 4
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--agent.horizon_length=0'], 'horizon_length'),
+    (['--network_type=cnn'], 'cnn'),
+    (['--agent.action_steps=32'], 'action_steps'),
+    (['--offline_steps=-5'], '--offline_steps=-5'),
+    (['--eval_workers=0'], '--eval_workers=0'),
+    (['--env_name=can-scripted-image', '--agent.encoder=resnet99'], 'resnet99'),
+])
+def test_bad_values_fail_before_any_data_is_made(args, message, tmp_path):
+    """With no data file yet (a first run), a bad value is reported at once: nothing generated, no run dir."""
+    data_dir, save_dir = tmp_path / 'data', tmp_path / 'runs'
+    cmd = [sys.executable, os.path.join(ROOT, 'train_bc.py'), '--env_name=can-scripted-low_dim',
+           f'--save_dir={save_dir}', '--wandb_mode=disabled', *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, ROBOMIMIC_DATA_DIR=str(data_dir)))
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert not data_dir.exists() and not save_dir.exists()
+    print(f'{args}: error after {seconds:.1f} s')
