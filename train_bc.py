@@ -153,12 +153,12 @@ def build_config():
 
 def task_recipe():
     """(flag values, agent field values) of `envs.task_defaults` for --env_name and the agent file."""
-    task = env_utils.parse_env_name(FLAGS.env_name).task
+    parsed = env_utils.parse_env_name(FLAGS.env_name)
     try:
         agent_name = FLAGS.agent.get('agent_name')
     except OSError:  # a bad --agent file: build_config reports it
         return {}, {}
-    return task_defaults(task, agent_name)
+    return task_defaults(parsed.task, parsed.obs_type, agent_name)
 
 
 def apply_task_flag_defaults(flag_values):
@@ -175,7 +175,8 @@ def apply_task_field_defaults(config, fields):
     """Set the recipe's agent fields that the user did not give (in place); returns those set.
 
     Given: a field set by `--agent.x` or a shortcut flag, or one the agent file sets to a value other than
-    its agent's `get_config()` (a preset states what differs, and that wins over the task's recipe).
+    its agent's `get_config()` (a preset states what differs, and that wins over the task's recipe). A recipe
+    that names a `network_type` was tuned for that network: with another network given, none of it applies.
     """
     from agents import AGENTS
 
@@ -185,6 +186,11 @@ def apply_task_field_defaults(config, fields):
     given = set(config_flags.get_override_values(FLAGS['agent']))
     given |= {name for name in SHORTCUT_FLAGS if getattr(FLAGS, name) is not None}
     given |= {k for k in base if k in config and config[k] != base[k]}
+    recipe_net = fields.get('network_type')
+    if recipe_net is not None and 'network_type' in given and config.network_type != recipe_net:
+        print(f'note: the task recipe {fields} is tuned for network_type={recipe_net!r}; with '
+              f'network_type={config.network_type!r} none of it is applied', file=sys.stderr)
+        return {}
     applied = {}
     for name, value in fields.items():
         if name not in given:
@@ -505,6 +511,40 @@ def eval_only():
     return 0
 
 
+# (flag, smallest allowed value, None allowed) of the integer experiment flags.
+INT_FLAG_RULES = (('offline_steps', 1, False), ('log_interval', 0, False), ('eval_interval', 0, False),
+                  ('save_interval', 0, False), ('eval_episodes', 0, False), ('eval_max_steps', 1, True),
+                  ('eval_workers', 1, True), ('video_episodes', 0, False), ('video_failures', 0, False))
+
+
+def check_run_flags(run_flags):
+    """Every integer experiment flag in range, and the device valid; UserError names the flag and value."""
+    for name, low, none_ok in INT_FLAG_RULES:
+        value = run_flags.get(name)
+        if value is None and none_ok:
+            continue
+        if value is None or value < low:
+            allowed = f'an integer >= {low}' + (' (or unset)' if none_ok else '')
+            raise UserError(f'--{name}={value}: expected {allowed}')
+    try:
+        pick_device(run_flags['device'])
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f'--device={run_flags["device"]}: {e}') from None
+
+
+def check_agent_config(config, run_flags):
+    """Build the agent once on the data's `shape_meta` (the file's header, or the generator's layout when the
+    file is generated on first use), so a bad agent field or network fails before any data is touched."""
+    from agents import AGENTS
+
+    if config.agent_name not in AGENTS:
+        raise UserError(f'--agent: agent_name {config.agent_name!r} is not one of {sorted(AGENTS)}')
+    shape_meta = env_utils.preview_shape_meta(run_flags['env_name'], run_flags['dataset_path'],
+                                              config.obs_type, config.get('obs_keys'))
+    with torch.random.fork_rng(devices=[]):  # the real agent is built later from the same seed
+        AGENTS[config.agent_name].create(shape_meta, config, device='cpu')
+
+
 def set_torch_threads(threads):
     """torch's CPU thread count: `threads`, else $OMP_NUM_THREADS if set, else 1; returns it."""
     if threads is not None and threads < 1:
@@ -531,6 +571,7 @@ def main(argv):
                 run_flags[name] = getattr(FLAGS, name)
         config = type(FLAGS.agent)(extra['config'])
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        check_run_flags(run_flags)
         print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
         trainer = Run(run_flags, config, run_dir, resume_from=path)
     else:
@@ -540,6 +581,8 @@ def main(argv):
         applied.update(apply_task_field_defaults(config, fields))
         run_flags = {name: getattr(FLAGS, name) for name in EXPERIMENT_FLAGS}
         run_flags['task_defaults'] = applied
+        check_run_flags(run_flags)
+        check_agent_config(config, run_flags)  # before any data is generated or loaded
         trainer = Run(run_flags, config)
     return trainer.train()
 

@@ -343,8 +343,9 @@ def main(argv=None):
         from envs.robomimic_utils import parse_env_name
         from envs.task_defaults import task_defaults
 
-        budgets = {task_defaults(parse_env_name(e).task, agent_label(a))[0].get('offline_steps', 20000)
-                   for e in envs for a in agents}
+        names = [parse_env_name(e) for e in envs]
+        budgets = {task_defaults(n.task, n.obs_type, agent_label(a))[0].get('offline_steps', 20000)
+                   for n in names for a in agents}
         if len(budgets) != 1:
             parser.error(f'--steps: the task recipes differ ({sorted(budgets)}); give one budget')
         args.steps = budgets.pop()

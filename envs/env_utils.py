@@ -19,7 +19,8 @@ from envs.robomimic_utils import (
     scripted_dataset_path,
 )
 
-__all__ = ['EnvFactory', 'make_env_and_datasets', 'parse_env_name', 'resolve_obs_type', 'ensure_dataset']
+__all__ = ['EnvFactory', 'make_env_and_datasets', 'parse_env_name', 'resolve_obs_type', 'ensure_dataset',
+           'preview_shape_meta']
 
 # Demos generated on first use of a scripted env name when no file exists yet.
 DEFAULT_SCRIPTED_DEMOS = {'low_dim': 200, 'image': 100}
@@ -83,3 +84,29 @@ def make_env_and_datasets(env_name, dataset_path=None, obs_type=None, obs_keys=N
 def default_max_steps(env_name):
     """Per-task episode step limit (400 / 500 / 700)."""
     return max_episode_steps(parse_env_name(env_name))
+
+
+def preview_shape_meta(env_name, dataset_path=None, obs_type=None, obs_keys=None):
+    """The `shape_meta` a run will train on, without loading or generating data.
+
+    Read from the file's header when the file exists, else from the demo generator's layout (a scripted name
+    whose file is generated on first use). The keys are those `load_datasets` selects.
+    """
+    from envs.hdf5_reader import list_obs_keys, read_shape_meta
+    from envs.robomimic_utils import default_obs_keys, scripted_dataset_path
+
+    parsed = parse_env_name(env_name)
+    obs_type = obs_type or parsed.policy_obs_type
+    if dataset_path is None and parsed.dataset_type == 'scripted' \
+            and not scripted_dataset_path(parsed.task, parsed.obs_type).is_file():
+        from envs.generate_demos import generation_shape_meta
+
+        meta = generation_shape_meta(parsed.task, parsed.obs_type)
+        keys = list(obs_keys) if obs_keys is not None else default_obs_keys(obs_type, list(meta['obs']))
+        missing = [k for k in keys if k not in meta['obs']]
+        if missing:
+            raise ValueError(f'obs_keys {missing} are not among the generated keys {sorted(meta["obs"])}')
+        return {'obs': {k: meta['obs'][k] for k in sorted(keys)}, 'action': meta['action']}
+    path = get_dataset_path(parsed, dataset_path)
+    keys = list(obs_keys) if obs_keys is not None else default_obs_keys(obs_type, list_obs_keys(path))
+    return read_shape_meta(path, keys)

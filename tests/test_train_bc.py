@@ -199,9 +199,10 @@ def test_failure_videos_and_episode_log(lift_state_file, tmp_path):
 TASK_DEFAULTS_SCRIPT = '''
 import sys
 import envs.task_defaults as td
-td.TASK_DEFAULTS['lift'] = {'flags': {'offline_steps': 3, 'eval_interval': 3},
-                            'agent': {'lr': 0.123, 'batch_size': 6, 'mlp_hidden_dims': (24, 24)},
-                            'agents': {'fbc': {'flow_steps': 3}, 'mfbc': {'flow_steps': 99}}}
+td.TASK_DEFAULTS['lift'] = {'low_dim': {
+    'flags': {'offline_steps': 3, 'eval_interval': 3},
+    'agent': {'lr': 0.123, 'batch_size': 6, 'mlp_hidden_dims': (24, 24)},
+    'agents': {'fbc': {'flow_steps': 3}, 'mfbc': {'flow_steps': 99}}}}
 from absl import app
 import train_bc
 sys.argv = ['train_bc.py'] + sys.argv[1:]
@@ -275,3 +276,48 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(lift_state_file, t
     assert 1 <= ckpt['extra']['trainer']['step'] < 50
     weights = [v for v in ckpt['trainer']['model'].values() if torch.is_tensor(v)]
     assert weights and all(torch.isfinite(w).all() for w in weights)
+
+
+@pytest.mark.parametrize('extra, applied', [
+    ([], {'agent.network_type': 'mlp', 'agent.lr': 1e-3, 'agent.action_steps': 4}),
+    (['--agent.lr=3e-4'], {'agent.network_type': 'mlp', 'agent.action_steps': 4}),
+    (['--network_type=chiunet', '--agent.model_dim=16', '--agent.dim_mult=(1,2)'], {}),
+])
+def test_the_can_recipe_a_user_gets(extra, applied, lift_state_file, tmp_path):
+    """`--env_name=can-scripted-low_dim` alone resolves to the measured FBC recipe; a given field wins, and
+    another network drops the recipe's agent fields (they were tuned for the MLP)."""
+    proc = run_cli(['--env_name=can-scripted-low_dim', f'--dataset_path={lift_state_file}',
+                    '--offline_steps=1', '--eval_episodes=0', '--agent.batch_size=4', '--wandb_mode=disabled',
+                    *extra], tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    saved = json.load(open(os.path.join(run_dir, 'flags.json')))
+    recipe = {k: v for k, v in saved['task_defaults'].items() if k.startswith('agent.')}
+    assert recipe == applied
+    assert saved['eval_interval'] == 5000  # the task's flag default, whatever the network
+    if not applied:
+        assert 'tuned for network_type' in proc.stderr
+    else:
+        assert saved['agent']['lr'] == (3e-4 if extra else 1e-3) and saved['agent']['action_steps'] == 4
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--agent.horizon_length=0'], 'horizon_length'),
+    (['--network_type=cnn'], 'cnn'),
+    (['--agent.action_steps=32'], 'action_steps'),
+    (['--offline_steps=-5'], '--offline_steps=-5'),
+    (['--eval_workers=0'], '--eval_workers=0'),
+    (['--env_name=can-scripted-image', '--agent.encoder=resnet99'], 'resnet99'),
+])
+def test_bad_values_fail_before_any_data_is_made(args, message, tmp_path):
+    """With no data file yet (a first run), a bad value is reported at once: nothing generated, no run dir."""
+    data_dir, save_dir = tmp_path / 'data', tmp_path / 'runs'
+    cmd = [sys.executable, os.path.join(ROOT, 'train_bc.py'), '--env_name=can-scripted-low_dim',
+           f'--save_dir={save_dir}', '--wandb_mode=disabled', *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, ROBOMIMIC_DATA_DIR=str(data_dir)))
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert not data_dir.exists() and not save_dir.exists()
+    print(f'{args}: error after {seconds:.1f} s')
