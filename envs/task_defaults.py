@@ -27,7 +27,7 @@ import copy
 _FBC_MLP = {'network_type': 'mlp', 'lr': 1e-3, 'action_steps': 4}
 
 _STATE = {
-    'flags': {'offline_steps': 20000, 'eval_interval': 5000},
+    'flags': {'offline_steps': 10000, 'eval_interval': 5000},  # 10k steps: ~5 min of training on one core
     'agent': {},
     'agents': {'fbc': _FBC_MLP},
 }
