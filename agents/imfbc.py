@@ -10,7 +10,9 @@ the `flow_ratio` fraction with s = t already is that loss. An extra velocity ter
 the paper): with the numerics test's settings (3000 steps, p = 0, seeds 0-3) weight 1 left the one-step std
 3-21% too wide (over 10% on 3 of 4 seeds; 7-11% after 6000 steps on seed 0), weight 0 2-8% (MFBC: 6-7% on
 seed 0). Both share the fixed point u*; the extra term, whose target v_cond is very noisy, slows the learning
-of u at large t - s, which one-step sampling uses.
+of u at large t - s, which one-step sampling uses. Those numbers were measured while the s = t share still
+took the later time draw (fixed since: it takes the earlier one, MFBCAgent.sample_times); the weight is to be
+re-measured with the fixed draw.
 """
 
 import torch

@@ -61,13 +61,18 @@ class MFBCAgent(Agent):
         _require(int(c.sample_steps) >= 1, 'sample_steps', c.sample_steps, 'an integer >= 1')
 
     def sample_times(self, batch_size, device):
-        """(s, t) with s <= t from two logit-normal draws; s = t on a `flow_ratio` fraction. Each (B,)."""
+        """(s, t) with s <= t from two logit-normal draws; t = s on a `flow_ratio` fraction. Each (B,).
+
+        The flow-matching share keeps the earlier (noisier) draw, as MeanFlow's code does (its `r = t` in
+        the reversed data -> noise convention): collapsing onto the later draw would leave almost no
+        velocity training near t = 0, where every sampler starts.
+        """
         c = self.config
         n = torch.randn((2, batch_size), device=device, generator=self.rng)
         tt = torch.sigmoid(c.time_mu + c.time_sigma * n)  # (2, B)
         s, t = tt.min(dim=0).values, tt.max(dim=0).values
         same = torch.rand(batch_size, device=device, generator=self.rng) < c.flow_ratio
-        s = torch.where(same, t, s)
+        t = torch.where(same, s, t)
         return s, t
 
     def weighted_mean(self, err):

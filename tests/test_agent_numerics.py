@@ -204,3 +204,25 @@ def test_acfql_prefers_the_better_mode_and_learns_returns():
 def test_acfql_without_q_term_reproduces_bc():
     """With the Q term off, the distilled one-step policy keeps the data's 50/50 split."""
     assert 0.4 <= good_fraction(trained_fql(False)) <= 0.6
+
+
+@pytest.mark.parametrize('name', ['mfbc', 'imfbc'])
+def test_flow_matching_share_keeps_the_earlier_draw(name):
+    """The s = t share of the MeanFlow time draw follows the earlier (noisier) of the two logit-normal draws.
+
+    With the default logit-normal(0.4, 1): P(draw < 0.2) = Phi((logit 0.2 - 0.4) / 1) = 0.0371, so the earlier
+    of two draws is below 0.2 with probability 1 - (1 - 0.0371)^2 = 0.0728 and the later one with 0.0014.
+    """
+    config = CONFIGS[name]()
+    config.flow_ratio = 0.5
+    agent = AGENTS[name].create(SHAPE_META, config, normalizer_stats=STATS, seed=0)
+    s, t = agent.sample_times(200_000, 'cpu')
+    assert bool((s <= t).all())
+    same = s == t
+    assert abs(same.float().mean().item() - 0.5) < 0.01
+    p = torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor((np.log(0.2 / 0.8) - config.time_mu)
+                                                              / config.time_sigma)).item()
+    earlier, later = 1 - (1 - p) ** 2, p ** 2
+    assert abs((t[same] < 0.2).float().mean().item() - earlier) < 0.005, 'not the earlier draw'
+    assert abs((s[~same] < 0.2).float().mean().item() - earlier) < 0.005  # s of the MeanFlow share too
+    assert abs((t[~same] < 0.2).float().mean().item() - later) < 0.002
