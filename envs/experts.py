@@ -29,6 +29,8 @@ import numpy as np
 GAIN = 10.0
 OPEN, CLOSE = -1.0, 1.0
 SIDE_OFFSET = 0.12  # m, lateral offset of the approach waypoint per strategy
+# Bumped whenever the experts' behaviour changes; generated files record it (stale files are flagged).
+EXPERT_VERSION = 2  # 2: phases end on state, reachable grasp points, Square carried level
 PHASE_TIMEOUT = 150  # steps before a phase is given up as reached (a safety net; no normal demo hits it)
 YAW_GAIN = 3.0  # rotation action per rad of yaw error
 WRIST_LIMIT = 2.7  # rad, Panda's last joint stops at +-2.9

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from envs.experts import EXPERTS
+from envs.experts import EXPERT_VERSION, EXPERTS
 from utils.shape_meta import OBS_TYPE_NAMES, canonical_obs_type
 
 TASK_SPECS = {
@@ -220,7 +220,7 @@ def generate_demos(task, num_demos, obs_type, out_path=None, seed=0, workers=1, 
             data.attrs['env_args'] = json.dumps(spec['env_meta']['env_args'])
             data.attrs['acfql_render'] = json.dumps({'quality': render_quality})
             data.attrs['acfql_generator'] = json.dumps(
-                {'task': task, 'seed': seed, 'multimodal': multimodal,
+                {'task': task, 'seed': seed, 'multimodal': multimodal, 'expert_version': EXPERT_VERSION,
                  'expert_success_rate': num_demos / attempts})
             order = np.random.default_rng(seed).permutation(num_demos)
             n_valid = int(round(VALID_FRACTION * num_demos)) if num_demos > 1 else 0
@@ -287,3 +287,14 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+
+
+def stale_expert_version(path):
+    """The expert version a generated file records (0 before versions were recorded) if it is older than
+    the current experts, else None; None also for files this generator did not write."""
+    with h5py.File(path, 'r') as f:
+        raw = f['data'].attrs.get('acfql_generator') if 'data' in f else None
+    if raw is None:
+        return None
+    version = json.loads(raw).get('expert_version', 0)
+    return version if version < EXPERT_VERSION else None

@@ -186,3 +186,24 @@ def test_converter_refuses_unsafe_outputs(lift_state_file, tmp_path):
     with pytest.raises(FileExistsError, match='existing.hdf5'):
         convert_states_to_obs(lift_state_file, existing, progress=False)
     assert existing.read_bytes() == b'keep me'
+
+
+def test_files_record_the_expert_version_and_old_ones_are_flagged(lift_state_file, tmp_path):
+    import json
+    import shutil
+
+    import h5py
+
+    from envs.experts import EXPERT_VERSION
+    from envs.generate_demos import stale_expert_version
+
+    with h5py.File(lift_state_file, 'r') as f:
+        assert json.loads(f['data'].attrs['acfql_generator'])['expert_version'] == EXPERT_VERSION
+    assert stale_expert_version(lift_state_file) is None
+    old = tmp_path / 'old.hdf5'
+    shutil.copy(lift_state_file, old)
+    with h5py.File(old, 'r+') as f:
+        info = json.loads(f['data'].attrs['acfql_generator'])
+        del info['expert_version']  # a file written before versions were recorded
+        f['data'].attrs['acfql_generator'] = json.dumps(info)
+    assert stale_expert_version(old) == 0
