@@ -8,6 +8,11 @@ import pytest
 # the trainer share 2 cores in CI, and with 2 threads each small op waits on the busy core (10-100x slower).
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
+# torchvision loads triton's libtriton (torchvision.ops -> torch._dynamo -> triton), which bundles LLVM.
+# Loaded after Mesa's llvmpipe has rendered through EGL in the same process, it segfaults (seen running
+# tests/test_robosuite_env.py then tests/test_layout.py); loaded first, both work. So load it first.
+import torchvision  # noqa: E402, F401  (after OMP_NUM_THREADS: torch reads it on import)
+
 # Demos in the shared files: enough for a train/valid split, cheap enough for CI (about 10 s for images).
 NUM_DEMOS = 3
 
