@@ -9,18 +9,12 @@ import pytest
 import torch
 
 from agents import AGENTS
+from tests.helpers import shape_meta, shrink
 from utils.shape_meta import low_dim_keys, random_obs
 from utils.training import load_checkpoint, save_checkpoint
 
-IMAGE_KEY, LOW_KEY = 'agentview_image', 'robot0_eef_pos'
-SHAPE_METAS = {
-    'state': {'obs': {LOW_KEY: {'shape': [3], 'type': 'low_dim'},
-                      'object': {'shape': [4], 'type': 'low_dim'}},
-              'action': {'shape': [2]}},
-    'image': {'obs': {IMAGE_KEY: {'shape': [3, 20, 20], 'type': 'rgb'},
-                      LOW_KEY: {'shape': [3], 'type': 'low_dim'}},
-              'action': {'shape': [2]}},
-}
+SHAPE_METAS = {'state': shape_meta(action_dim=2), 'image': shape_meta((20, 20), cams=('agentview_image',),
+                                                                   action_dim=2)}
 ENCODERS = {'state': 'mlp', 'image': 'impala'}  # encoders with parameters, small enough for CPU tests
 TO, TP, B = 2, 4, 3
 
@@ -42,14 +36,8 @@ def tiny_config(name, network, obs_type):
     config.obs_type, config.network_type, config.encoder = obs_type, network, ENCODERS[obs_type]
     config.obs_steps, config.horizon_length, config.action_steps = TO, TP, 2
     config.lr, config.warmup_steps = 1e-3, 0
-    config.emb_dim = 16
-    config.mlp_hidden_dims = (32, 32)
-    config.model_dim, config.dim_mult, config.kernel_size = 8, (1, 2), 3
-    config.d_model, config.n_heads, config.num_layers = 16, 2, 1
-    config.encoder_hidden_dims = (16,)
-    config.impala_channels, config.impala_out_dim, config.impala_res_blocks = (4, 8), 16, 1
+    shrink(config)
     config.crop_shape = (16, 16)
-    config.value_hidden_dims = (32,)
     config.flow_steps = 3
     return config
 

@@ -1,11 +1,11 @@
-"""Hand-written shape_meta and random observations for the network and encoder tests (not a test module)."""
+"""The tests' one hand-written shape_meta, one set of tiny sizes, random observations (not a test module)."""
 
 import torch
 
 from utils.shape_meta import rgb_keys
 
 
-def shape_meta(image_hw=None, cams=('agentview_image', 'robot0_eye_in_hand_image')):
+def shape_meta(image_hw=None, cams=('agentview_image', 'robot0_eye_in_hand_image'), action_dim=7):
     """Hand-written shape_meta in the ARCHITECTURE.md form; image_hw=None gives a state-only one."""
     obs = {
         'object': {'shape': [10], 'type': 'low_dim'},
@@ -16,7 +16,21 @@ def shape_meta(image_hw=None, cams=('agentview_image', 'robot0_eye_in_hand_image
         del obs['object']
         for cam in cams:
             obs[cam] = {'shape': [3, *image_hw], 'type': 'rgb'}
-    return {'obs': dict(sorted(obs.items())), 'action': {'shape': [7]}}
+    return {'obs': dict(sorted(obs.items())), 'action': {'shape': [action_dim]}}
+
+
+def shrink(config, **overrides):
+    """Set every network, encoder and critic size of a config (agent or network config) to a tiny value, then
+    `overrides`; returns the config. The one set of test sizes: a few thousand parameters per module."""
+    config.emb_dim = 8
+    config.mlp_hidden_dims = (32, 32)
+    config.model_dim, config.dim_mult, config.kernel_size = 8, (1, 2), 3
+    config.d_model, config.n_heads, config.num_layers = 16, 2, 1
+    config.encoder_hidden_dims = (16, 8)
+    config.impala_channels, config.impala_out_dim, config.impala_res_blocks = (4, 8), 16, 1
+    config.value_hidden_dims = (16, 16)
+    config.update(overrides)
+    return config
 
 
 def make_obs(meta, batch, to, seed=0):

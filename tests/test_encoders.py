@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.helpers import make_obs, shape_meta
+from tests.helpers import make_obs, shape_meta, shrink
 from utils.encoders import IdentityEncoder, MLPEncoder, center_crop
 from utils.network_factory import get_encoder, get_network_config
 
@@ -14,10 +14,7 @@ def tiny_config(meta, encoder, **overrides):
     config.shape_meta = meta
     config.obs_steps, config.horizon_length = 2, 4
     config.encoder = encoder
-    config.impala_channels, config.impala_out_dim = (4, 8), 16
-    config.encoder_hidden_dims = (16, 8)
-    config.update(overrides)
-    return config
+    return shrink(config, **overrides)
 
 
 @pytest.mark.parametrize('name', ['identity', 'mlp', None])

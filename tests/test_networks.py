@@ -5,7 +5,7 @@ import torch
 from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tests.helpers import make_obs, shape_meta
+from tests.helpers import make_obs, shape_meta, shrink
 from utils.network_factory import (
     IMAGE_BACKBONES,
     LOW_DIM_ENCODERS,
@@ -30,13 +30,7 @@ def tiny_config(network, encoder=None, obs_steps=2, horizon=4, image=False, **ov
     config.shape_meta = shape_meta((12, 12) if image else None)
     config.network_type, config.encoder = network, encoder
     config.obs_steps, config.horizon_length = obs_steps, horizon
-    config.emb_dim = 8
-    config.mlp_hidden_dims = (32, 32)
-    config.model_dim, config.dim_mult, config.kernel_size = 8, (1, 2), 3
-    config.d_model, config.n_heads, config.num_layers = 16, 2, 2
-    config.encoder_hidden_dims = (16, 8)
-    config.impala_channels, config.impala_out_dim = (4, 8), 16
-    config.value_hidden_dims, config.num_qs = (16, 16), 3
+    shrink(config, num_layers=2, num_qs=3)
     config.update(overrides)
     return config
 
