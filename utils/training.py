@@ -14,8 +14,9 @@ __all__ = ['EMA', 'Trainer', 'autocast', 'eval_mode', 'load_checkpoint', 'lr_lam
 
 def resolve_decay_steps(lr_decay_steps, total_steps=None):
     """The step at which the cosine decay ends. `lr_decay_steps` -1 means the whole run: `total_steps`
-    (train_bc.py passes --offline_steps). With no total (an agent built outside a run) -1 stays -1, which
-    lr_lambda reads as no decay end: the LR stays at its peak after warmup."""
+    (train_bc.py passes its gradient steps, offline_steps + utd_ratio * online_steps). With no total (an agent
+    built outside a run) -1 stays -1, which lr_lambda reads as no decay end: the LR stays at its peak after
+    warmup."""
     lr_decay_steps = int(lr_decay_steps)
     if lr_decay_steps == -1 and total_steps is not None:
         return int(total_steps)
