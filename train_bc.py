@@ -406,9 +406,10 @@ class Run:
                 bad = {k: v for k, v in info.items() if not math.isfinite(v)}
                 if distributed.any_rank(bool(bad)):  # every rank stops at the same step
                     bar.close()
-                    ckpts = os.path.join(self.run_dir, 'checkpoints')
-                    print(f'error: non-finite loss at step {self.step + 1}: {bad or "on another rank"}. '
-                          f'Stopped; the last good checkpoint (if any) is in {ckpts}', file=sys.stderr)
+                    if bad or self.main:
+                        ckpts = os.path.join(self.run_dir, 'checkpoints')
+                        print(f'error: non-finite loss at step {self.step + 1}: {bad or "on another rank"}. '
+                              f'Stopped; the last good checkpoint (if any) is in {ckpts}', file=sys.stderr)
                     return 3
                 self.step += 1
                 window_steps += 1
