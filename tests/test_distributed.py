@@ -96,6 +96,10 @@ def test_two_ranks_take_the_step_of_one_process_on_their_concatenated_batches(ag
         assert info['train/grad_norm'] == pytest.approx(norm, rel=1e-4)
         clipped += norm > 0.1
     assert clipped, 'the clip norm never acted; lower it'
+    # The checkpoint loads in one process as it is: no `module.` prefix, rank 0's last weights.
+    loaded = update_record.agent_state(AGENTS[agent].load(os.path.join(run_dir, 'checkpoints', 'latest.pt')))
+    assert not any(k.startswith('module.') for k in loaded['trainer']['model'])
+    assert distributed.digest(loaded) == distributed.digest(ranks[0]['state'])
     moved = max_abs_diff(update_record.agent_state(one), start)
     assert moved > 100 * TOLERANCE, f'the weights moved only {moved:.1e}: the comparison would be empty'
 
