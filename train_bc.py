@@ -6,6 +6,7 @@
     python train_bc.py --resume=runs/<run_dir>           # continue exactly where a run stopped
     python train_bc.py --agent=agents/fql.py --offline_steps=10000 --online_steps=50000   # then online
     python train_bc.py --eval_only --checkpoint=runs/<run_dir>/checkpoints/best.pt
+    torchrun --nproc_per_node=2 train_bc.py ...            # one run over 2 processes (batch_size each)
 
 Experiment flags live here; hyperparameters live in the agent config file (`--agent.*`). The trainer knows
 no agent by name: every agent has `create / update / sample_actions / save / load`.
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 import tqdm
 from absl import app, flags
@@ -37,6 +39,7 @@ from envs.online import (
     collection_seed,
 )
 from envs.task_defaults import task_defaults
+from utils import distributed, update_record
 from utils.datasets import DEFAULT_DISCOUNT
 from utils.logging import CsvLogger, WandbLogger, write_video
 from utils.torch_utils import pick_device
@@ -237,7 +240,11 @@ def first_loss(info):
 
 
 class Run:
-    """Owns the run: datasets, agent, loggers, checkpoints, evaluation."""
+    """Owns the run: datasets, agent, loggers, checkpoints, evaluation.
+
+    Under torchrun every rank builds a Run and trains (its own batches and noise, averaged gradients); rank 0
+    alone makes the run directory, logs, evaluates and writes checkpoints (utils/distributed.py).
+    """
 
     def __init__(self, run_flags, config, run_dir=None, resume_from=None):
         """Load data and build (or load) the agent; a new run directory is made only once that worked."""
@@ -247,16 +254,18 @@ class Run:
         self.flags = run_flags
         self.config = config
         self.run_dir = run_dir
-        self.device = pick_device(run_flags['device'])
+        self.main = distributed.is_main()
+        self.device = distributed.device_for_rank(run_flags['device'])
         torch.manual_seed(run_flags['seed'])
         random.seed(run_flags['seed'])
 
         online = run_flags['online_steps'] > 0
-        data = env_utils.make_env_and_datasets(
-            run_flags['env_name'], run_flags['dataset_path'], obs_type=config.obs_type,
-            obs_keys=config.get('obs_keys'), seed=run_flags['seed'], build_envs=False,
-            max_episode_steps=run_flags['eval_max_steps'],
-            **({'storage': 'ram'} if online else {}))  # online episodes are appended in RAM
+        with distributed.main_first():  # one process per node generates / caches the data, then the others
+            data = env_utils.make_env_and_datasets(
+                run_flags['env_name'], run_flags['dataset_path'], obs_type=config.obs_type,
+                obs_keys=config.get('obs_keys'), seed=run_flags['seed'], build_envs=False,
+                max_episode_steps=run_flags['eval_max_steps'],
+                **({'storage': 'ram'} if online else {}))  # online episodes are appended in RAM
         _, _, self.train_ds, self.val_ds = data
         self.shape_meta = self.train_ds.shape_meta
         self.env_info = {  # what evaluation needs to rebuild the env, stored in every checkpoint
@@ -287,10 +296,18 @@ class Run:
         else:
             self.agent = agent_cls.load(resume_from, device=self.device)
             self._restore_trainer_state(self.agent.extra['trainer'])
+        self._seed_rank(None if resume_from is None else self.agent.extra['trainer'])
+        distributed.check_identical(self._synced_state(), 'the agents built on each rank')
+        if os.environ.get(update_record.ENV_VAR):  # test hook (tests/test_distributed.py)
+            update_record.record_updates(self.agent, os.environ[update_record.ENV_VAR], distributed.rank())
         # validation's own noise: it draws nothing from the agent's or the global RNGs
         self.val_generator = torch.Generator(self.agent.device).manual_seed(run_flags['seed'] + 2)
         if resume_from is not None and 'val_noise_rng' in self.agent.extra['trainer']:
             self.val_generator.set_state(self.agent.extra['trainer']['val_noise_rng'])
+        self.saved_step = self.step  # gradient step of the newest latest.pt (resume: the one loaded)
+        if not self.main:  # rank 0 alone writes the run directory, csv files and wandb
+            self.run_dir = distributed.broadcast_object(None)
+            return
         if run_dir is None:
             run_dir = self.run_dir = make_run_dir(run_flags, config)
         self.replay_path = os.path.join(run_dir, 'replay.hdf5')
@@ -300,7 +317,7 @@ class Run:
                             f'latest.pt): --resume={run_dir}')
         if resume_from is not None and self.online['episodes'] > 0:
             self._load_replay(resume_from)
-        self.saved_step = self.step  # gradient step of the newest latest.pt (resume: the one loaded)
+        distributed.broadcast_object(run_dir)
         self.train_csv = CsvLogger(os.path.join(run_dir, 'train.csv'))
         self.eval_csv = CsvLogger(os.path.join(run_dir, 'eval.csv'))
         self.episodes_csv = CsvLogger(os.path.join(run_dir, 'episodes.csv'), key=('step', 'episode'))
@@ -310,6 +327,34 @@ class Run:
                                  group=run_flags['run_group'],
                                  name=os.path.basename(run_dir), resume_id=self.wandb_id)
         self.wandb_id = self.wandb.id
+
+    # ---- ranks -------------------------------------------------------------------------------------------
+    def _rank_state(self):
+        """This rank's own streams: its batch sampler, training noise and global RNGs."""
+        return {'train_rng': self.train_ds.rng_state(), 'noise_rng': self.agent.rng.get_state(),
+                'global_rng': get_rng_state()}
+
+    def _seed_rank(self, trainer_state):
+        """Give rank r > 0 its own streams: seeded from (seed, r) (`distributed.rank_seed`), or on resume
+        restored from the checkpoint's `other_ranks`. Rank 0 keeps a one-process run's streams."""
+        r = distributed.rank()
+        if r == 0:
+            return
+        if trainer_state is not None:
+            state = trainer_state['other_ranks'][r - 1]
+            self.train_ds.set_rng_state(state['train_rng'])
+            self.agent.rng.set_state(state['noise_rng'])
+            set_rng_state(state['global_rng'])
+            return
+        seed = distributed.rank_seed(self.flags['seed'], r)
+        self.train_ds.set_rng_state(np.random.default_rng(seed).bit_generator.state)
+        self.agent.rng.manual_seed(seed)
+        torch.manual_seed(seed)
+        random.seed(seed)
+
+    def _synced_state(self):
+        """What every rank must hold bit-identically: weights, optimizer, scheduler, EMA, target networks."""
+        return {'trainer': self.agent.trainer.state_dict(), 'extra_state': self.agent.extra_state()}
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _trainer_state(self):
@@ -359,12 +404,18 @@ class Run:
     def save(self, name):
         """Write checkpoints/<name>.pt atomically; it carries everything needed to evaluate or resume.
 
-        The agent writes its own state (config and shape_meta included); `extra` holds the run's."""
+        The agent writes its own state (config and shape_meta included); `extra` holds the run's. Under
+        torchrun every rank calls it: rank 0 gathers the other ranks' streams into `other_ranks` (rank r at
+        index r - 1), checks that every rank holds the same weights, and alone writes the file."""
+        ranks = distributed.all_gather_object(self._rank_state())
+        distributed.check_identical(self._synced_state(), f'weights / optimizer / EMA at step {self.step}')
+        if not self.main:
+            return None
         folder = os.path.join(self.run_dir, 'checkpoints')
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f'{name}.pt')
         extra = {
-            'trainer': self._trainer_state(),
+            'trainer': {**self._trainer_state(), 'other_ranks': ranks[1:]},
             'env': self.env_info,
             'flags': self.flags,
             'code_version': git_version(),
@@ -418,11 +469,12 @@ class Run:
         f = self.flags
         info = scalars(self.agent.update(self.sample(self.train_ds)))
         bad = {k: v for k, v in info.items() if not math.isfinite(v)}
-        if bad:
+        if distributed.any_rank(bool(bad)):  # every rank stops at the same step
             self.bar.close()
-            ckpts = os.path.join(self.run_dir, 'checkpoints')
-            print(f'error: non-finite loss at step {self.step + 1}: {bad}. Stopped; the last good '
-                  f'checkpoint (if any) is in {ckpts}', file=sys.stderr)
+            if bad or self.main:
+                ckpts = os.path.join(self.run_dir, 'checkpoints')
+                print(f'error: non-finite loss at step {self.step + 1}: {bad or "on another rank"}. Stopped; '
+                      f'the last good checkpoint (if any) is in {ckpts}', file=sys.stderr)
             self.exit_code = 3
             return False
         self.step += 1
@@ -431,14 +483,16 @@ class Run:
         if self.step % 10 == 0 or self.step == 1:
             self.bar.set_postfix(loss=f'{first_loss(info):.4f}', **self.env_step_column(), refresh=False)
         if self.due(f['log_interval']):
-            elapsed = time.perf_counter() - self.window_start
-            row = {'step': self.step, **self.env_step_column(),
-                   'steps_per_s': self.window_steps / max(elapsed, 1e-9), **info, **self.validation()}
-            self.train_csv.log(row)
-            self.wandb.log(row, step=self.step)
+            info = distributed.mean_scalars(info)  # the losses of the global batch
+            if self.main:
+                elapsed = time.perf_counter() - self.window_start
+                row = {'step': self.step, **self.env_step_column(),
+                       'steps_per_s': self.window_steps / max(elapsed, 1e-9), **info, **self.validation()}
+                self.train_csv.log(row)
+                self.wandb.log(row, step=self.step)
             self.window_start, self.window_steps = time.perf_counter(), 0
         if f['eval_episodes'] > 0 and self.due(f['eval_interval']):
-            self.last_eval = self.run_eval()
+            self.last_eval = distributed.run_on_main(self.run_eval)  # the other ranks wait for it
             if self.last_eval['success_rate'] > self.best_success:
                 self.best_success = self.last_eval['success_rate']
                 self.save('best')
@@ -447,9 +501,11 @@ class Run:
     def stopped(self, signum, where=''):
         """Close the run after a stop signal and print how to resume; returns the exit code."""
         self.bar.close()
-        self.wandb.finish()
-        print(f'stopped by signal {signum} at step {self.step}{where}; checkpoints/latest.pt is at step '
-              f'{self.saved_step}. Resume with: python train_bc.py --resume={self.run_dir}', file=sys.stderr)
+        if self.main:
+            self.wandb.finish()
+            print(f'stopped by signal {signum} at step {self.step}{where}; checkpoints/latest.pt is at step '
+                  f'{self.saved_step}. Resume with: {resume_command()} --resume={self.run_dir}',
+                  file=sys.stderr)
         return 128 + signum
 
     def offline_phase(self, stop):
@@ -458,10 +514,11 @@ class Run:
         while self.step < f['offline_steps']:
             if not self.gradient_step():
                 return self.exit_code
-            if self.due(f['save_interval']) or stop.signum is not None:
+            stopping = distributed.any_rank(stop.signum is not None)  # every rank stops at the same step
+            if self.due(f['save_interval']) or stopping:
                 self.save('latest')
-            if stop.signum is not None and self.step < self.total_steps:
-                return self.stopped(stop.signum)
+            if stopping and self.step < self.total_steps:
+                return self.stopped(int(stop.signum or signal.SIGTERM))  # a rank the signal has not reached
         return None
 
     def train(self):
@@ -472,7 +529,7 @@ class Run:
         recollects it, see `online_phase`). The resume command is printed; the exit code is 128 + signal.
         """
         self.bar = tqdm.tqdm(total=self.total_steps, initial=self.step, unit='step', dynamic_ncols=True,
-                             mininterval=1.0, file=sys.stderr)
+                             mininterval=1.0, file=sys.stderr, disable=not self.main)
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.last_eval = None
         with StopSignals() as stop:
@@ -482,6 +539,8 @@ class Run:
         if code is not None:
             return code
         self.bar.close()
+        if not self.main:
+            return 0
         self.wandb.finish()
         best = f'{self.best_success:.3f}' if self.best_success >= 0 else 'n/a'
         wall = time.perf_counter() - self.start_time
@@ -676,6 +735,27 @@ def load_extra(path):
     return {**extra, 'config': ckpt['config'], 'shape_meta': ckpt['shape_meta']}
 
 
+def resume_command():
+    """The launch command of this run, for the resume hint (same world size: exact resume needs it)."""
+    n = distributed.world_size()
+    if n == 1:
+        return 'python train_bc.py'
+    per_node = int(os.environ.get('LOCAL_WORLD_SIZE', n))
+    if per_node == n:
+        return f'torchrun --nproc_per_node={n} train_bc.py'
+    return f'torchrun --nnodes={n // per_node} --nproc_per_node={per_node} <node flags> train_bc.py'
+
+
+def check_resume_world_size(run_flags, path):
+    """Exact resume needs the world size the checkpoint was written with; UserError otherwise."""
+    saved, now = int(run_flags.get('world_size', 1)), distributed.world_size()
+    if saved != now:
+        launch = 'python train_bc.py' if saved == 1 else f'torchrun with {saved} processes in all'
+        raise UserError(f'--resume={path}: the run was trained over {saved} process(es) and this launch has '
+                        f'{now}; each rank\'s batch stream and noise are restored, so resume with the same '
+                        f'world size ({launch})')
+
+
 def resolve_checkpoint(path):
     """A checkpoint file, or a run directory -> its checkpoints/latest.pt."""
     if os.path.isdir(path):
@@ -737,7 +817,7 @@ def check_run_flags(run_flags):
     except ValueError as e:
         raise UserError(str(e)) from None
     try:
-        pick_device(run_flags['device'])
+        distributed.device_for_rank(run_flags['device'])
     except (ValueError, RuntimeError) as e:
         raise UserError(f'--device={run_flags["device"]}: {e}') from None
 
@@ -785,6 +865,8 @@ def main(argv):
     """Entry point: train, resume or evaluate."""
     if len(argv) > 1:
         raise UserError(f'unexpected arguments {argv[1:]} (flags look like --name=value)')
+    world = distributed.init()  # torchrun: join its process group; plain python: one process
+    distributed.check_distributed_flags(world, online_steps=FLAGS.online_steps, eval_only=FLAGS.eval_only)
     set_torch_threads(FLAGS.torch_threads)
     if FLAGS.eval_only:
         return eval_only()
@@ -798,7 +880,9 @@ def main(argv):
         config = type(FLAGS.agent)(extra['config'])
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         check_run_flags(run_flags)
-        print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
+        check_resume_world_size(run_flags, path)
+        if distributed.is_main():
+            print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
         trainer = Run(run_flags, config, run_dir, resume_from=path)
     else:
         flag_values, fields = task_recipe()
@@ -807,6 +891,7 @@ def main(argv):
         applied.update(apply_task_field_defaults(config, fields))
         run_flags = {name: getattr(FLAGS, name) for name in EXPERIMENT_FLAGS}
         run_flags['task_defaults'] = applied
+        run_flags['world_size'] = world  # processes (torchrun ranks); agent.batch_size is per process
         check_run_flags(run_flags)
         check_agent_config(config, run_flags)  # before any data is generated or loaded
         trainer = Run(run_flags, config)
@@ -818,8 +903,11 @@ def entry(argv):
     try:
         code = main(argv)
     except (UserError, ValueError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+        rank = '' if distributed.is_main() else f'rank {distributed.rank()}: '
+        print(f'{rank}error: {e}', file=sys.stderr)
+        code = 2
+    finally:
+        distributed.shutdown()
     sys.exit(code)
 
 

@@ -45,7 +45,7 @@ def get_base_config():
     config.obs_steps = 2  # To: observations fed to the policy, steps i-To+1 .. i
     config.horizon_length = 16  # Tp: predicted action chunk, steps i .. i+Tp-1
     config.action_steps = 8  # Ta: actions of a chunk executed before predicting again (Ta <= Tp)
-    config.batch_size = 256  # training batch size (read by train_bc.py)
+    config.batch_size = 256  # training batch size per process (train_bc.py; torchrun: N x this in all)
     config.lr = 1e-4  # AdamW learning rate (peak, after warmup)
     config.betas = (0.95, 0.999)  # AdamW betas
     config.weight_decay = 1e-6  # AdamW weight decay

@@ -8,6 +8,8 @@ import random
 
 import torch
 
+from utils.distributed import average_gradients
+
 __all__ = ['EMA', 'Trainer', 'autocast', 'eval_mode', 'load_checkpoint', 'lr_lambda', 'polyak_update',
            'get_rng_state', 'save_checkpoint', 'set_rng_state', 'strip_compile_prefix']
 
@@ -131,9 +133,11 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def apply(self, loss):
-        """Backward `loss`, clip, step optimizer and scheduler, update EMA; returns logging info."""
+        """Backward `loss`, average the gradients over ranks (torchrun), clip, step optimizer and scheduler,
+        update EMA; returns logging info."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.params)  # under torchrun: the mean over ranks, before clipping (else a no-op)
         if self.grad_clip_norm is not None and self.grad_clip_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip_norm)
         else:
