@@ -29,7 +29,8 @@ from envs.evaluation import evaluate_episodes
 from envs.task_defaults import task_defaults
 from utils.datasets import DEFAULT_DISCOUNT
 from utils.logging import CsvLogger, WandbLogger, write_video
-from utils.torch_utils import pick_device
+from utils.prefetch import BatchPrefetcher
+from utils.torch_utils import cuda_memory_stats, pick_device
 from utils.training import get_rng_state, load_checkpoint, resolve_decay_steps, set_rng_state
 
 FLAGS = flags.FLAGS
@@ -65,6 +66,10 @@ flags.DEFINE_string('device', 'auto', "torch device: 'auto' (cuda when present),
 flags.DEFINE_integer('torch_threads', None,
                      'torch CPU threads of this process (default: $OMP_NUM_THREADS when set, else 1: with a '
                      'thread per core, each small op waits for a core another job uses; bench/threads.py).')
+flags.DEFINE_integer('prefetch_batches', 1,
+                     'Batches a background thread draws (and pins, on CUDA) ahead of the training step '
+                     '(0: draw in the loop). Changes no number: checkpoints store the data RNG of the '
+                     'batches trained on (utils/prefetch.py).')
 flags.DEFINE_string('resume', None, 'Run directory (or checkpoint file) to continue exactly.')
 flags.DEFINE_bool('eval_only', False, 'Only evaluate --checkpoint; no training.')
 flags.DEFINE_string('checkpoint', None, 'Checkpoint file for --eval_only.')
@@ -72,11 +77,11 @@ flags.DEFINE_string('checkpoint', None, 'Checkpoint file for --eval_only.')
 # Experiment flags a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ('offline_steps', 'log_interval', 'eval_interval', 'save_interval', 'eval_episodes',
                       'eval_max_steps', 'eval_workers', 'video_episodes', 'video_failures', 'wandb_mode',
-                      'device')
+                      'device', 'prefetch_batches')
 EXPERIMENT_FLAGS = ('env_name', 'dataset_path', 'offline_steps', 'log_interval', 'eval_interval',
                     'save_interval', 'eval_episodes', 'eval_max_steps', 'eval_workers', 'eval_seed',
                     'video_episodes', 'video_failures', 'seed',
-                    'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device')
+                    'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device', 'prefetch_batches')
 
 
 SHORTCUT_FLAGS = ('obs_type', 'network_type', 'obs_steps')  # --x is short for --agent.x
@@ -265,6 +270,10 @@ class Run:
                                  group=run_flags['run_group'],
                                  name=os.path.basename(run_dir), resume_id=self.wandb_id)
         self.wandb_id = self.wandb.id
+        # the training batch stream (drawn ahead in a thread; its rng_state() is what checkpoints store)
+        self.batches = BatchPrefetcher(lambda: self.sample(self.train_ds), self.train_ds,
+                                       depth=run_flags.get('prefetch_batches', 1),
+                                       pin_memory=self.agent.device.type == 'cuda')
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _trainer_state(self):
@@ -273,7 +282,7 @@ class Run:
             'step': self.step,
             'best_success': self.best_success,
             'wandb_id': self.wandb_id,
-            'train_rng': self.train_ds.rng_state(),
+            'train_rng': self.batches.rng_state(),  # = train_ds's RNG after the batches trained on
             'val_rng': None if self.val_ds is None else self.val_ds.rng_state(),
             'global_rng': get_rng_state(),  # torch CPU, CUDA and python
             'val_noise_rng': self.val_generator.get_state(),
@@ -349,9 +358,9 @@ class Run:
                         file=sys.stderr)
         window_start, window_steps = time.perf_counter(), 0
         last_eval = None
-        with StopSignals() as stop:
+        with StopSignals() as stop, self.batches:
             while self.step < total:
-                info = scalars(self.agent.update(self.sample(self.train_ds)))
+                info = scalars(self.agent.update(self.batches.next()))
                 bad = {k: v for k, v in info.items() if not math.isfinite(v)}
                 if bad:
                     bar.close()
@@ -367,7 +376,7 @@ class Run:
                 if due(f['log_interval']):
                     elapsed = time.perf_counter() - window_start
                     row = {'step': self.step, 'steps_per_s': window_steps / max(elapsed, 1e-9), **info,
-                           **self.validation()}
+                           **self.validation(), **cuda_memory_stats(self.agent.device)}
                     self.train_csv.log(row)
                     self.wandb.log(row, step=self.step)
                     window_start, window_steps = time.perf_counter(), 0
@@ -514,7 +523,8 @@ def eval_only():
 # (flag, smallest allowed value, None allowed) of the integer experiment flags.
 INT_FLAG_RULES = (('offline_steps', 1, False), ('log_interval', 0, False), ('eval_interval', 0, False),
                   ('save_interval', 0, False), ('eval_episodes', 0, False), ('eval_max_steps', 1, True),
-                  ('eval_workers', 1, True), ('video_episodes', 0, False), ('video_failures', 0, False))
+                  ('eval_workers', 1, True), ('video_episodes', 0, False), ('video_failures', 0, False),
+                  ('prefetch_batches', 0, True))
 
 
 def check_run_flags(run_flags):
