@@ -62,8 +62,9 @@ def get_base_config():
     # GPU-path levers. Each may change the numerics slightly; none changes what a checkpoint holds, so a run
     # saved with them loads without them and back (Agent.load(..., overrides={...}), RUNTIME_FIELDS).
     config.use_bf16 = False  # bf16 autocast for the forward passes on CUDA (ignored on CPU)
-    # torch.compile every network in place (training, validation and sampling; MeanFlow's JVP is compiled
-    # with its network). The first steps pay the compile; state-dict keys are those of the eager modules.
+    # torch.compile every network in place (training, validation and sampling; inside MeanFlow's JVP the
+    # network runs eagerly, agents/mfbc.jvp_along_s). The first steps pay the compile; state-dict keys are
+    # those of the eager modules.
     config.compile = False
     config.fused_adamw = config_dict.placeholder(bool)  # fused AdamW kernel; None = on CUDA only, else off
     # (channels_last, the image backbones' memory layout, is a network field: utils.network_factory)

@@ -51,8 +51,7 @@ class IMFBCAgent(MFBCAgent):
         w = self.config.velocity_loss_weight
         with torch.set_grad_enabled(w > 0 and torch.is_grad_enabled()):
             v_pred = net(x_s, s, s, cond)[0]  # instantaneous velocity v_theta(x_s, s)
-        u, du_ds = jvp_along_s(lambda x_, s_, t_: net(x_, s_, t_, cond)[0], x_s, s, t, v_pred.detach(),
-                               compiled=self.config.compile)
+        u, du_ds = jvp_along_s(lambda x_, s_, t_: net(x_, s_, t_, cond)[0], x_s, s, t, v_pred.detach())
         compound = u - (t - s)[:, None, None] * du_ds.detach()  # estimate of v(x_s, s)
         err_u = (compound - v_cond).pow(2).flatten(1).sum(1)  # (B,)
         err_v = (v_pred - v_cond).pow(2).flatten(1).sum(1)  # (B,)

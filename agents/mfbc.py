@@ -35,16 +35,20 @@ def _jvp(u_fn, x, s, t, dx):
 
 @functools.cache
 def _compiled_jvp():
-    """`_jvp` under torch.compile, built on first use. A compiled network called inside an eager
-    torch.func.jvp runs eagerly (dynamo cannot trace into a transform it did not start), so with
-    `config.compile` the whole JVP is compiled instead."""
+    """`_jvp` under torch.compile, built on first use (`compiled=True`; the agents do not use it, see
+    `jvp_along_s`)."""
     return torch.compile(_jvp)
 
 
 def jvp_along_s(u_fn, x, s, t, dx, compiled=False):
     """(u_fn(x, s, t), d/de u_fn(x + e dx, s + e, t)) via torch.func.jvp, using the math attention kernel
-    (flash / memory-efficient attention have no forward-mode AD). x, dx (B,...), s, t (B,). `compiled` runs
-    the JVP under torch.compile (the same values within float tolerance).
+    (flash / memory-efficient attention have no forward-mode AD). x, dx (B,...), s, t (B,).
+
+    `compiled` runs the whole JVP under torch.compile. The agents leave it off: with torch 2.14 on CPU it
+    matched eager for the MLP (1e-7) but failed for ChiUNet (INTERNAL ASSERT in _make_dual while tracing);
+    bench/gpu_check.py probes it on CUDA. With `config.compile` the network inside the eager JVP runs
+    eagerly (dynamo cannot enter a transform it did not start), so MeanFlow training compiles its encoder
+    and samples compiled, and its JVP gives the eager values.
 
     The JVP always runs in fp32, autocast off (u_fn must be fp32 inside: cast its captured features): under
     bf16 autocast torch.func.jvp fails for convolutions on CPU (input fp32, weight bf16) and is unverified on
@@ -114,8 +118,7 @@ class MFBCAgent(Agent):
         """MeanFlow loss || u_theta(x_s, s, t) - sg(v_cond + (t - s) du/ds) ||^2, tangent (v_cond, 1, 0)."""
         s, t, x_s, v = self.draw_points(actions)
         cond = cond.float()  # bf16 under autocast; the JVP runs in fp32 (jvp_along_s)
-        u, target = meanflow_target(lambda x_, s_, t_: net(x_, s_, t_, cond)[0], x_s, s, t, v,
-                                    compiled=self.config.compile)
+        u, target = meanflow_target(lambda x_, s_, t_: net(x_, s_, t_, cond)[0], x_s, s, t, v)
         err = (u - target).pow(2).flatten(1).sum(1)  # (B,): summed over the chunk
         loss = self.weighted_mean(err)
         return loss, {'actor/meanflow_loss': loss.detach(), 'actor/meanflow_mse': err.detach().mean()}

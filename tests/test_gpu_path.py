@@ -17,7 +17,7 @@ from agents.mfbc import meanflow_target
 from tests.helpers import make_obs, shape_meta, shrink
 from utils.datasets import Dataset, Storage
 from utils.encoders import MultiImageObsEncoder, random_crop, to_unit_range
-from utils.network_factory import get_encoder, get_network, get_network_config
+from utils.network_factory import get_encoder, get_network_config
 from utils.prefetch import BatchPrefetcher, to_cpu_tensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,7 +161,8 @@ def assert_close_dicts(a, b, atol):
 
 
 def test_runtime_fields_are_validated_by_name():
-    for field, value in (('compile', 'yes'), ('use_bf16', 1), ('fused_adamw', 'auto'), ('channels_last', None)):
+    bad = (('compile', 'yes'), ('use_bf16', 1), ('fused_adamw', 'auto'), ('channels_last', None))
+    for field, value in bad:
         config = AGENTS['fbc'].get_config().to_dict()  # a plain dict: ConfigDict's own type check is bypassed
         config.update(obs_type='state', **{field: value})
         with pytest.raises(ValueError, match=f'config.{field}='):
@@ -233,8 +234,9 @@ def test_bf16_autocast_runs_the_meanflow_jvp_in_fp32_and_stays_close_to_fp32(nam
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['fbc', 'mfbc'])
 def test_compiled_agent_trains_samples_and_checkpoints_like_eager(name, tmp_path):
-    """torch.compile (CPU inductor here): the same losses and weights as eager within float tolerance, no
-    recompilation per step, and a compiled run's checkpoint loads eagerly (and back) with the same keys."""
+    """torch.compile (CPU inductor here): the same losses and weights as eager within float tolerance (MFBC:
+    its JVP runs the network eagerly), no recompilation per step, and a compiled run's checkpoint loads
+    eagerly (and back) with the same keys."""
     from torch._dynamo.utils import counters
 
     meta = shape_meta()
@@ -266,8 +268,8 @@ def test_compiled_agent_trains_samples_and_checkpoints_like_eager(name, tmp_path
 
 # ---------------------------------------------------------------------------------------- train_bc.py
 def run_train(args, save_dir):
-    cmd = [sys.executable, os.path.join(ROOT, 'train_bc.py'), f'--save_dir={save_dir}', '--wandb_mode=disabled',
-           *args]
+    cmd = [sys.executable, os.path.join(ROOT, 'train_bc.py'), f'--save_dir={save_dir}',
+           '--wandb_mode=disabled', *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = [os.path.join(save_dir, 'default', d) for d in os.listdir(os.path.join(save_dir, 'default'))]
@@ -283,7 +285,8 @@ def test_prefetched_run_resumes_exactly(tmp_path):
 
     data = write_robomimic_file(tmp_path / 'state.hdf5', lengths=[40] * 6, cameras=())
     common = ['--env_name=lift-scripted-low_dim', f'--dataset_path={data}', '--eval_episodes=0',
-              '--log_interval=10', '--save_interval=0', '--agent.batch_size=8', '--agent.lr_schedule=constant',
+              '--log_interval=10', '--save_interval=0', '--agent.batch_size=8',
+              '--agent.lr_schedule=constant',
               '--agent.mlp_hidden_dims=(32,32)', '--agent.emb_dim=8', '--seed=2']
     full = run_train([*common, '--offline_steps=40', '--prefetch_batches=0'], tmp_path / 'full')
     part = run_train([*common, '--offline_steps=20', '--prefetch_batches=3'], tmp_path / 'part')
@@ -304,15 +307,18 @@ def test_prefetched_run_resumes_exactly(tmp_path):
 def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     """`python -m bench.gpu_check --smoke`: every section on CPU at tiny sizes, a JSON summary written."""
     out = tmp_path / 'out'
-    cmd = [sys.executable, '-m', 'bench.gpu_check', '--smoke', f'--out={out}']
+    # the compiled runs are left out (a cold CPU compile takes minutes here); the agent test above
+    # covers compile, and the real check runs them
+    cmd = [sys.executable, '-m', 'bench.gpu_check', '--smoke', '--skip=compiled', f'--out={out}']
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
 
     summary = json.loads((out / 'gpu_check.json').read_text())
     runs = {r['name']: r for r in summary['train_runs']}
-    assert set(runs) == {'fp32 eager', 'bf16 eager', 'fp32 compiled', 'bf16 compiled', 'torchrun 1 proc'}
+    assert set(runs) == {'fp32 eager', 'bf16 eager', 'torchrun 1 proc'}
     for name, r in runs.items():
         assert r['rc'] == 0 and r['steps_per_s'] > 0, (name, r)
     lat = summary['latency']
     assert {r['agent'] for r in lat} == {'fbc', 'mfbc'} and all(r['ms'] > 0 for r in lat)
+    assert summary['meanflow']['bf16_rel_diff'] and 'compiled_jvp_s' in summary['meanflow']

@@ -169,7 +169,8 @@ class MultiImageObsEncoder(nn.Module):
     Per camera: uint8 (B, To, 3, H, W) -> device (still uint8) -> random crop (train; each of the B*To
     frames its own) / center crop (eval) -> float in [-1, 1] (the only normalisation) -> backbone features.
     With `resize_shape` the images become float first, then are resized and cropped. `channels_last` keeps
-    the backbones' weights and their inputs in channels_last memory layout (faster convolutions on GPUs). D is the sum of the per-camera feature sizes plus the low-dim sizes; dropout is
+    the backbones' weights and their inputs in channels_last memory layout (faster convolutions on GPUs).
+    D is the sum of the per-camera feature sizes plus the low-dim sizes; dropout is
     applied to the concatenation.
     `make_backbone((C, h, w))` returns a module mapping (N, C, h, w) to (N, F).
     """

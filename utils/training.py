@@ -31,8 +31,9 @@ def resolve_fused(fused_adamw, params):
     if fused_adamw:
         supported = set(torch.utils._foreach_utils._get_fused_kernels_supported_devices())
         if not devices <= supported:
-            raise ValueError(f'config.fused_adamw=True: torch has no fused AdamW on {sorted(devices - supported)}'
-                             f' (supported: {sorted(supported)}); use None or False')
+            missing = sorted(devices - supported)
+            raise ValueError(f'config.fused_adamw=True: torch has no fused AdamW on {missing} '
+                             f'(supported: {sorted(supported)}); use None or False')
     return bool(fused_adamw)
 
 
