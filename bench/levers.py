@@ -18,8 +18,8 @@ import time
 
 import torch
 
-LEVERS = {'base': {}, 'prefetch': {}, 'fused': {'fused_adamw': True}, 'channels_last': {'channels_last': True},
-          'compile': {'compile': True}, 'bf16': {'use_bf16': True}}
+LEVERS = {'base': {}, 'prefetch': {}, 'fused': {'fused_adamw': True},
+          'channels_last': {'channels_last': True}, 'compile': {'compile': True}, 'bf16': {'use_bf16': True}}
 
 
 def make_data(folder, kind):
