@@ -35,6 +35,7 @@ ml_collections travels as a wheel. Once, in the repository root of the checkout 
 """
 
 import argparse
+import copy
 import csv
 import glob
 import json
@@ -191,6 +192,7 @@ def image_agent(name, device, smoke, **fields):
 
     from agents import AGENTS
     from bench.agents import SHAPE_METAS
+    from utils.shape_meta import rgb_keys
 
     recipe, fbc = importlib.import_module('agents.fbc_image').get_config(), AGENTS['fbc'].get_config()
     config = AGENTS[name].get_config()
@@ -200,8 +202,9 @@ def image_agent(name, device, smoke, **fields):
     meta = SHAPE_METAS['image']
     if smoke:
         config.update(SMOKE_FIELDS)
-        meta = {'obs': {k: ({'shape': [3, 32, 32], 'type': 'rgb'} if v['type'] == 'rgb' else v)
-                        for k, v in meta['obs'].items()}, 'action': meta['action']}
+        meta = copy.deepcopy(meta)
+        for key in rgb_keys(meta):  # 32x32 cameras
+            meta['obs'][key]['shape'] = [3, 32, 32]
     config.update(fields)
     return AGENTS[name].create(meta, config, seed=0, device=device)
 
