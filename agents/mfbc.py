@@ -40,6 +40,11 @@ def _compiled_jvp():
     return torch.compile(_jvp)
 
 
+def full_precision(x):
+    """x as float32 when it is bf16 / fp16 (autocast outputs); float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def jvp_along_s(u_fn, x, s, t, dx, compiled=False):
     """(u_fn(x, s, t), d/de u_fn(x + e dx, s + e, t)) via torch.func.jvp, using the math attention kernel
     (flash / memory-efficient attention have no forward-mode AD). x, dx (B,...), s, t (B,).
@@ -55,7 +60,8 @@ def jvp_along_s(u_fn, x, s, t, dx, compiled=False):
     CUDA, and du/ds is a difference quotient that bf16 would round hardest. With `use_bf16` the encoders
     (and sampling) still run in bf16."""
     with sdpa_kernel(SDPBackend.MATH), torch.autocast(x.device.type, enabled=False):
-        return (_compiled_jvp() if compiled else _jvp)(u_fn, x.float(), s.float(), t.float(), dx.float())
+        x, s, t, dx = (full_precision(a) for a in (x, s, t, dx))
+        return (_compiled_jvp() if compiled else _jvp)(u_fn, x, s, t, dx)
 
 
 def meanflow_target(u_fn, x, s, t, v, compiled=False):
@@ -117,7 +123,7 @@ class MFBCAgent(Agent):
     def flow_loss(self, net, cond, actions):
         """MeanFlow loss || u_theta(x_s, s, t) - sg(v_cond + (t - s) du/ds) ||^2, tangent (v_cond, 1, 0)."""
         s, t, x_s, v = self.draw_points(actions)
-        cond = cond.float()  # bf16 under autocast; the JVP runs in fp32 (jvp_along_s)
+        cond = full_precision(cond)  # bf16 under autocast; the JVP runs in fp32 (jvp_along_s)
         u, target = meanflow_target(lambda x_, s_, t_: net(x_, s_, t_, cond)[0], x_s, s, t, v)
         err = (u - target).pow(2).flatten(1).sum(1)  # (B,): summed over the chunk
         loss = self.weighted_mean(err)
