@@ -2,11 +2,11 @@
 sizes (the test does that). Finishes within `--budget_s` (default 270 s, compile included): a section that
 would start past the deadline is reported as skipped, a run that outlives it is stopped and reported.
 
-Sections, in this order (the cheap ones first):
+Sections, in this order (the cheap ones first, the compile probe of 2 last):
   1. latency: `sample_actions` of FBC (10 Euler steps) against MFBC (one step) on the Diffusion Policy image
      recipe (2x ResNet-18, ChiUNet, To 2, Tp 16), B=1 and B=64, median over repeats, eager fp32.
   2. meanflow: MFBC's image loss under bf16 autocast against fp32 on the device (the JVP runs in fp32 by
-     design, agents/mfbc.py), and a probe: does the whole JVP compile on CUDA, and match eager?
+     design, agents/mfbc.py); and, last of all, a probe: does the whole JVP compile on CUDA, and match eager?
   3. train_bc.py with agents/fbc_image.py (2x ResNet-18, ChiUNet, B=64) on a synthetic 2-camera 84x84 file
      (envs/synthetic.py), `--eval_episodes=0`: fp32 / bf16 x eager / compiled, `--steps` steps each, and a
      1-GPU `torchrun --nproc_per_node=1 train_bc.py ...` (eager fp32). Each prints steps/s of train.csv's
@@ -25,7 +25,8 @@ ml_collections travels as a wheel. Once, in the repository root of the checkout 
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl ml_collections==1.0.0
 
 (ml_collections 1.0.0 needs absl-py, six and PyYAML, all present there.) Then the device tool's `run`, with
-`carry=[".whl"]` and `timeout_s=420` (the budget plus start-up, room for one rerun in 15 minutes):
+`carry=[".whl"]` and `timeout_s=420` (the 270 s budget, pip and imports; with the machine's start that call
+takes about 7-8 of the 15 device minutes, so a rerun must be shorter, e.g. `--skip=compiled --budget_s=150`):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site
     .whl/*.whl && export PYTHONPATH=/tmp/site || exit; nvidia-smi; PYTHONUNBUFFERED=1 python3 -m
@@ -234,8 +235,9 @@ def latency(device, smoke, repeats):
     return rows
 
 
-def meanflow_numerics(device, smoke):
-    """MFBC on the device: image loss under bf16 autocast vs fp32, and the compiled vs eager JVP target."""
+def meanflow_numerics(device, smoke, probe_compile):
+    """MFBC on the device: image loss under bf16 autocast vs fp32; with `probe_compile` instead, the
+    compiled vs the eager JVP target."""
     import numpy as np
     import torch
 
@@ -255,8 +257,11 @@ def meanflow_numerics(device, smoke):
         with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             return {k: float(v) for k, v in agent.total_loss(batch)[1].items()}
 
-    full, half = info(False), info(True)
-    out['bf16_rel_diff'] = {k: round(abs(half[k] - full[k]) / max(abs(full[k]), 1e-12), 5) for k in full}
+    if not probe_compile:
+        full, half = info(False), info(True)
+        out['bf16_rel_diff'] = {k: round(abs(half[k] - full[k]) / max(abs(full[k]), 1e-12), 5) for k in full}
+        print('meanflow: ' + json.dumps(out), flush=True)
+        return out
     net = agent.model['actor'].eval()
     with torch.no_grad():
         cond = agent.model['encoder'].eval()(batch['observations'])
@@ -271,7 +276,7 @@ def meanflow_numerics(device, smoke):
     except Exception as e:
         out['compiled_jvp_error'] = f'{type(e).__name__}: {str(e)[:300]}'
     out['compiled_jvp_s'] = round(time.monotonic() - start, 1)
-    print('meanflow: ' + json.dumps(out), flush=True)
+    print('meanflow compile probe: ' + json.dumps(out), flush=True)
     return out
 
 
@@ -320,7 +325,8 @@ def main(argv=None):
     if 'latency' not in skip:
         summary['latency'] = section('latency', lambda: latency(device, args.smoke, repeats), deadline, 30)
     if 'meanflow' not in skip:
-        summary['meanflow'] = section('meanflow', lambda: meanflow_numerics(device, args.smoke), deadline, 60)
+        summary['meanflow'] = section('meanflow', lambda: meanflow_numerics(device, args.smoke, False),
+                                      deadline, 20)
     out = args.out or tempfile.mkdtemp(prefix='gpu_check_')
     os.makedirs(out, exist_ok=True)
     runs = []
@@ -340,9 +346,12 @@ def main(argv=None):
                                                              False)]))
         for i, (name, cmd) in enumerate(plan):
             save_dir = next(a.split('=', 1)[1] for a in cmd if a.startswith('--save_dir='))
-            reserve = 5.0 * (len(plan) - i - 1)  # a few seconds for each later run's skip line
+            reserve = 5.0 * (len(plan) - i - 1) + 30  # later runs' skip lines, the compile probe
             runs.append(run_train(name, cmd, save_dir, deadline, reserve))
     summary['train_runs'] = runs
+    if 'meanflow' not in skip:  # last: compiling the JVP may take a while, and the runs matter more
+        summary['meanflow_compile'] = section(
+            'meanflow compile probe', lambda: meanflow_numerics(device, args.smoke, True), deadline, 30)
     summary['wall_s'] = round(budget - deadline.left(), 1)
     path = os.path.join(out, 'gpu_check.json')
     with open(path, 'w') as fh:

@@ -321,4 +321,4 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
         assert r['rc'] == 0 and r['steps_per_s'] > 0, (name, r)
     lat = summary['latency']
     assert {r['agent'] for r in lat} == {'fbc', 'mfbc'} and all(r['ms'] > 0 for r in lat)
-    assert summary['meanflow']['bf16_rel_diff'] and 'compiled_jvp_s' in summary['meanflow']
+    assert summary['meanflow']['bf16_rel_diff'] and 'compiled_jvp_s' in summary['meanflow_compile']
