@@ -42,7 +42,8 @@ from envs.task_defaults import task_defaults
 from utils import distributed, update_record
 from utils.datasets import DEFAULT_DISCOUNT
 from utils.logging import CsvLogger, WandbLogger, write_video
-from utils.torch_utils import pick_device
+from utils.prefetch import BatchPrefetcher
+from utils.torch_utils import cuda_memory_stats, pick_device
 from utils.training import get_rng_state, load_checkpoint, resolve_decay_steps, set_rng_state
 
 FLAGS = flags.FLAGS
@@ -85,6 +86,10 @@ flags.DEFINE_string('device', 'auto', "torch device: 'auto' (cuda when present),
 flags.DEFINE_integer('torch_threads', None,
                      'torch CPU threads of this process (default: $OMP_NUM_THREADS when set, else 1: with a '
                      'thread per core, each small op waits for a core another job uses; bench/threads.py).')
+flags.DEFINE_integer('prefetch_batches', 1,
+                     'Batches a background thread draws (and pins, on CUDA) ahead of the training step '
+                     '(0: draw in the loop). Changes no number: checkpoints store the data RNG of the '
+                     'batches trained on (utils/prefetch.py).')
 flags.DEFINE_string('resume', None, 'Run directory (or checkpoint file) to continue exactly.')
 flags.DEFINE_bool('eval_only', False, 'Only evaluate --checkpoint; no training.')
 flags.DEFINE_string('checkpoint', None, 'Checkpoint file for --eval_only.')
@@ -92,12 +97,12 @@ flags.DEFINE_string('checkpoint', None, 'Checkpoint file for --eval_only.')
 # Experiment flags a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ('offline_steps', 'log_interval', 'eval_interval', 'save_interval', 'eval_episodes',
                       'eval_max_steps', 'eval_workers', 'video_episodes', 'video_failures', 'wandb_mode',
-                      'device')
+                      'device', 'prefetch_batches')
 EXPERIMENT_FLAGS = ('env_name', 'dataset_path', 'offline_steps', 'online_steps', 'utd_ratio', 'collect_seed',
                     'log_interval', 'eval_interval',
                     'save_interval', 'eval_episodes', 'eval_max_steps', 'eval_workers', 'eval_seed',
                     'video_episodes', 'video_failures', 'seed',
-                    'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device')
+                    'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device', 'prefetch_batches')
 
 
 SHORTCUT_FLAGS = ('obs_type', 'network_type', 'obs_steps')  # --x is short for --agent.x
@@ -304,6 +309,10 @@ class Run:
         self.val_generator = torch.Generator(self.agent.device).manual_seed(run_flags['seed'] + 2)
         if resume_from is not None and 'val_noise_rng' in self.agent.extra['trainer']:
             self.val_generator.set_state(self.agent.extra['trainer']['val_noise_rng'])
+        # the training batch stream, on every rank (drawn ahead in a thread; checkpoints store its rng_state())
+        self.batches = BatchPrefetcher(lambda: self.sample(self.train_ds), self.train_ds,
+                                       depth=run_flags.get('prefetch_batches', 1),
+                                       pin_memory=self.agent.device.type == 'cuda')
         self.saved_step = self.step  # gradient step of the newest latest.pt (resume: the one loaded)
         if not self.main:  # rank 0 alone writes the run directory, csv files and wandb
             self.run_dir = distributed.broadcast_object(None)
@@ -331,7 +340,7 @@ class Run:
     # ---- ranks -------------------------------------------------------------------------------------------
     def _rank_state(self):
         """This rank's own streams: its batch sampler, training noise and global RNGs."""
-        return {'train_rng': self.train_ds.rng_state(), 'noise_rng': self.agent.rng.get_state(),
+        return {'train_rng': self.batches.rng_state(), 'noise_rng': self.agent.rng.get_state(),
                 'global_rng': get_rng_state()}
 
     def _seed_rank(self, trainer_state):
@@ -363,7 +372,7 @@ class Run:
             'step': self.step,
             'best_success': self.best_success,
             'wandb_id': self.wandb_id,
-            'train_rng': self.train_ds.rng_state(),
+            'train_rng': self.batches.rng_state(),  # = train_ds's RNG after the batches trained on
             'val_rng': None if self.val_ds is None else self.val_ds.rng_state(),
             'global_rng': get_rng_state(),  # torch CPU, CUDA and python
             'val_noise_rng': self.val_generator.get_state(),
@@ -399,6 +408,7 @@ class Run:
 
     def add_online_episode(self, episode):
         """Append an online episode record (envs.online) to the training data."""
+        self.batches.stop()  # the thread samples this dataset: rewind it to the batches trained on first
         self.train_ds.add_episode(episode['obs'], episode['actions'], episode['rewards'], episode['dones'])
 
     def save(self, name):
@@ -467,7 +477,7 @@ class Run:
         """One update on the training data, its train.csv row and an evaluation when due; False on a
         non-finite loss (`exit_code` 3, message printed)."""
         f = self.flags
-        info = scalars(self.agent.update(self.sample(self.train_ds)))
+        info = scalars(self.agent.update(self.batches.next()))
         bad = {k: v for k, v in info.items() if not math.isfinite(v)}
         if distributed.any_rank(bool(bad)):  # every rank stops at the same step
             self.bar.close()
@@ -487,7 +497,8 @@ class Run:
             if self.main:
                 elapsed = time.perf_counter() - self.window_start
                 row = {'step': self.step, **self.env_step_column(),
-                       'steps_per_s': self.window_steps / max(elapsed, 1e-9), **info, **self.validation()}
+                       'steps_per_s': self.window_steps / max(elapsed, 1e-9), **info, **self.validation(),
+                       **cuda_memory_stats(self.agent.device)}
                 self.train_csv.log(row)
                 self.wandb.log(row, step=self.step)
             self.window_start, self.window_steps = time.perf_counter(), 0
@@ -532,7 +543,7 @@ class Run:
                              mininterval=1.0, file=sys.stderr, disable=not self.main)
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.last_eval = None
-        with StopSignals() as stop:
+        with StopSignals() as stop, self.batches:
             code = self.offline_phase(stop)
             if code is None and self.flags['online_steps'] > 0:
                 code = online_phase(self, stop)
@@ -796,7 +807,8 @@ def eval_only():
 INT_FLAG_RULES = (('offline_steps', 0, False), ('online_steps', 0, False), ('utd_ratio', 1, False),
                   ('collect_seed', 0, False), ('log_interval', 0, False), ('eval_interval', 0, False),
                   ('save_interval', 0, False), ('eval_episodes', 0, False), ('eval_max_steps', 1, True),
-                  ('eval_workers', 1, True), ('video_episodes', 0, False), ('video_failures', 0, False))
+                  ('eval_workers', 1, True), ('video_episodes', 0, False), ('video_failures', 0, False),
+                  ('prefetch_batches', 0, True))
 
 
 def check_run_flags(run_flags):

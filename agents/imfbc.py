@@ -18,7 +18,7 @@ re-measured with the fixed draw.
 import torch
 
 from agents.base import _require
-from agents.mfbc import MFBCAgent, jvp_along_s
+from agents.mfbc import MFBCAgent, full_precision, jvp_along_s
 from agents.mfbc import get_config as get_mfbc_config
 
 
@@ -47,6 +47,7 @@ class IMFBCAgent(MFBCAgent):
     def flow_loss(self, net, cond, actions):
         """Compound loss || V - v_cond ||^2 [+ w || u(x_s, s, s) - v_cond ||^2]; JVP tangent (sg(v), 1, 0)."""
         s, t, x_s, v_cond = self.draw_points(actions)
+        cond = full_precision(cond)  # bf16 under autocast; the JVP runs in fp32 (jvp_along_s)
         w = self.config.velocity_loss_weight
         with torch.set_grad_enabled(w > 0 and torch.is_grad_enabled()):
             v_pred = net(x_s, s, s, cond)[0]  # instantaneous velocity v_theta(x_s, s)

@@ -1,8 +1,8 @@
 """Observation encoders: a dict of (B, To, ...) tensors -> (B, To, D); every encoder exposes `output_dim` (D).
 
 Low-dim inputs arrive already normalized by the agent and are concatenated in sorted key order.
-Images arrive as uint8 (B, To, C, H, W); the image encoder moves them to its device, converts them to
-float and scales them to [-1, 1] exactly once.
+Images arrive as uint8 (B, To, C, H, W); the image encoder moves them to its device as uint8, crops them
+there (random crop in training) and only then converts the crops to float in [-1, 1], exactly once.
 """
 
 from collections.abc import Callable, Sequence
@@ -151,6 +151,11 @@ def random_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return images[batch, chan, rows, cols]  # (N, C, h, w)
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [0, 255] -> float32 [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
 def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The central (h, w) window of every image: (N, C, H, W) -> (N, C, h, w)."""
     height, width = images.shape[-2:]
@@ -161,9 +166,11 @@ def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class MultiImageObsEncoder(nn.Module):
     """Encodes rgb cameras with a CNN backbone each (or one shared) plus the low-dim keys: -> (B, To, D).
 
-    Per camera: uint8 (B, To, 3, H, W) -> device -> float in [-1, 1] (the only normalisation) ->
-    optional resize -> random crop (train; each of the B*To frames its own) / center crop (eval) ->
-    backbone features. D is the sum of the per-camera feature sizes plus the low-dim sizes; dropout is
+    Per camera: uint8 (B, To, 3, H, W) -> device (still uint8) -> random crop (train; each of the B*To
+    frames its own) / center crop (eval) -> float in [-1, 1] (the only normalisation) -> backbone features.
+    With `resize_shape` the images become float first, then are resized and cropped. `channels_last` keeps
+    the backbones' weights and their inputs in channels_last memory layout (faster convolutions on GPUs).
+    D is the sum of the per-camera feature sizes plus the low-dim sizes; dropout is
     applied to the concatenation.
     `make_backbone((C, h, w))` returns a module mapping (N, C, h, w) to (N, F).
     """
@@ -171,7 +178,7 @@ class MultiImageObsEncoder(nn.Module):
     def __init__(self, shape_meta: dict, make_backbone: Callable[[tuple], nn.Module],
                  share_backbone: bool = False, resize_shape: Sequence[int] | None = None,
                  crop_shape: Sequence[int] | None = None, random_crop: bool = True, dropout: float = 0.0,
-                 use_group_norm: bool = True):
+                 use_group_norm: bool = True, channels_last: bool = False):
         super().__init__()
         validate_shape_meta(shape_meta)
         self.shape_meta = shape_meta
@@ -197,9 +204,12 @@ class MultiImageObsEncoder(nn.Module):
             raise ValueError('share_backbone=True needs equal crop sizes for all cameras, '
                              f'got {self.crop_shapes}')
 
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
         def build(key):
             net = make_backbone((3, *self.crop_shapes[key]))
-            return replace_batchnorm_with_groupnorm(net) if use_group_norm else net
+            net = replace_batchnorm_with_groupnorm(net) if use_group_norm else net
+            return net.to(memory_format=self.memory_format)
 
         if share_backbone:
             self.backbone = build(self.rgb_keys[0])
@@ -211,7 +221,7 @@ class MultiImageObsEncoder(nn.Module):
         self.eval()
         with torch.no_grad():
             for k in self.rgb_keys:
-                probe = torch.zeros(1, 3, *self.crop_shapes[k])
+                probe = torch.zeros(1, 3, *self.crop_shapes[k]).contiguous(memory_format=self.memory_format)
                 self.feature_dims[k] = self._backbone(k)(probe).shape[-1]
         self.train(was_training)
         low = sum(shape_meta['obs'][k]['shape'][0] for k in self.low_dim_keys)
@@ -222,17 +232,21 @@ class MultiImageObsEncoder(nn.Module):
         return self.backbone if self.share_backbone else self.backbones[key]
 
     def preprocess(self, images: torch.Tensor, key: str) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float (N, 3, h, w) in [-1, 1], resized and cropped."""
+        """uint8 (N, 3, H, W) -> float (N, 3, h, w) in [-1, 1], cropped (and resized first if asked).
+
+        Without a resize the crop is taken from the uint8 images, so only the crop is converted to float
+        (the same values as converting first: the conversion is per pixel)."""
         if images.dtype != torch.uint8:
             raise TypeError(f'image {key!r} must arrive as uint8 (the encoder normalises it once), '
                             f'got {images.dtype}')
-        x = images.float() / 127.5 - 1.0
+        x = images
         if self.resize_shape is not None:
-            x = F.interpolate(x, size=self.resize_shape, mode='bilinear', align_corners=False, antialias=True)
+            x = F.interpolate(to_unit_range(x), size=self.resize_shape, mode='bilinear', align_corners=False,
+                              antialias=True)
         crop = self.crop_shapes[key]
-        if self.training and self.random_crop:
-            return random_crop(x, crop)
-        return center_crop(x, crop)
+        x = random_crop(x, crop) if self.training and self.random_crop else center_crop(x, crop)
+        x = to_unit_range(x) if x.dtype == torch.uint8 else x
+        return x.contiguous(memory_format=self.memory_format)
 
     def forward(self, obs: dict) -> torch.Tensor:
         """dict of (B, To, 3, H, W) uint8 and (B, To, Dk) float -> (B, To, D)."""

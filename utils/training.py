@@ -25,6 +25,21 @@ def resolve_decay_steps(lr_decay_steps, total_steps=None):
     return lr_decay_steps
 
 
+def resolve_fused(fused_adamw, params):
+    """Whether AdamW runs its fused kernel: `fused_adamw` None means on CUDA only; True on a device torch
+    has no fused AdamW for is a ValueError naming the field."""
+    devices = {p.device.type for p in params}
+    if fused_adamw is None:
+        return devices == {'cuda'}
+    if fused_adamw:
+        supported = set(torch.utils._foreach_utils._get_fused_kernels_supported_devices())
+        if not devices <= supported:
+            missing = sorted(devices - supported)
+            raise ValueError(f'config.fused_adamw=True: torch has no fused AdamW on {missing} '
+                             f'(supported: {sorted(supported)}); use None or False')
+    return bool(fused_adamw)
+
+
 def lr_lambda(step, warmup_steps, decay_steps, schedule):
     """LR multiplier at `step`: linear warmup over `warmup_steps`, then 'cosine' decay to 0 at `decay_steps`
     (no decay when decay_steps <= warmup_steps) or 'constant'."""
@@ -112,14 +127,15 @@ class Trainer:
 
     AdamW, optional grad-norm clipping, LR warmup + cosine (LambdaLR), EMA update, step counter.
     Config fields read: lr, betas, weight_decay, warmup_steps, lr_decay_steps, lr_schedule, grad_clip_norm,
-    use_ema, ema_power, ema_max_decay.
+    use_ema, ema_power, ema_max_decay, fused_adamw (optional).
     """
 
     def __init__(self, model, config):
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.fused = resolve_fused(config.get('fused_adamw'), self.params)
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=tuple(config.betas),
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, fused=self.fused or None)
         warmup, schedule = int(config.warmup_steps), config.lr_schedule
         decay = resolve_decay_steps(config.lr_decay_steps)  # a run has resolved -1 already
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -161,6 +177,8 @@ class Trainer:
         """Restore from `state_dict()`."""
         self.model.load_state_dict(strip_compile_prefix(state['model']))
         self.optimizer.load_state_dict(state['optimizer'])
+        for group in self.optimizer.param_groups:  # the kernel is this run's choice, not the checkpoint's
+            group['fused'] = self.fused or None
         self.scheduler.load_state_dict(state['scheduler'])
         self.step = int(state['step'])
         if self.ema is not None:
