@@ -309,7 +309,7 @@ class Run:
         self.val_generator = torch.Generator(self.agent.device).manual_seed(run_flags['seed'] + 2)
         if resume_from is not None and 'val_noise_rng' in self.agent.extra['trainer']:
             self.val_generator.set_state(self.agent.extra['trainer']['val_noise_rng'])
-        # the training batch stream, on every rank (drawn ahead in a thread; checkpoints store its rng_state())
+        # every rank's training batch stream (drawn ahead in a thread; checkpoints store its rng_state())
         self.batches = BatchPrefetcher(lambda: self.sample(self.train_ds), self.train_ds,
                                        depth=run_flags.get('prefetch_batches', 1),
                                        pin_memory=self.agent.device.type == 'cuda')
