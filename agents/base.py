@@ -21,7 +21,7 @@ from torch import nn
 from utils.datasets import DEFAULT_DISCOUNT
 from utils.network_factory import get_network_and_encoder, get_network_config
 from utils.normalizer import Normalizer
-from utils.shape_meta import OBS_TYPES, obs_type_of, validate_shape_meta
+from utils.shape_meta import OBS_TYPES, obs_type_of, quaternion_identity_stats, validate_shape_meta
 from utils.torch_utils import pick_device, to_torch
 from utils.training import (
     Trainer,
@@ -105,7 +105,8 @@ class Agent:
         config.shape_meta = ml_collections.ConfigDict(shape_meta)
         cls.validate_config(config)
         device = pick_device(device)
-        normalizer = Normalizer(normalizer_stats, device=device)
+        # quaternion dims stay unscaled: the encoders turn them into rotation-matrix columns
+        normalizer = Normalizer(quaternion_identity_stats(normalizer_stats, shape_meta), device=device)
         agent = cls(shape_meta, config, normalizer, seed, device)
         if config.compile:  # after every copy (EMA, FQL's target) is made: compiled modules are not copied
             agent.compile_modules()

@@ -12,7 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.network_utils import mlp
-from utils.shape_meta import low_dim_keys, rgb_keys, validate_shape_meta
+from utils.shape_meta import (
+    low_dim_feature_dim,
+    low_dim_keys,
+    quaternion_offsets,
+    rgb_keys,
+    validate_shape_meta,
+)
 
 
 def _module_device(module: nn.Module) -> torch.device:
@@ -31,15 +37,29 @@ def _get_obs(obs: dict, key: str):
     return obs[key]
 
 
+def quaternion_to_rot6d(q: torch.Tensor) -> torch.Tensor:
+    """xyzw quaternions (..., 4) -> the first two columns of their rotation matrices (..., 6); q and -q give
+    the same six numbers (every entry is quadratic in q). q is normalized first."""
+    x, y, z, w = F.normalize(q, dim=-1).unbind(-1)
+    col0 = (1 - 2 * (y * y + z * z), 2 * (x * y + z * w), 2 * (x * z - y * w))
+    col1 = (2 * (x * y - z * w), 1 - 2 * (x * x + z * z), 2 * (y * z + x * w))
+    return torch.stack(col0 + col1, dim=-1)
+
+
 def _low_dim_features(obs: dict, keys: Sequence[str], shape_meta: dict, device) -> torch.Tensor:
-    """Concatenate low-dim keys: dict of (B, To, Dk) -> (B, To, sum Dk) float32 on device."""
+    """Concatenate low-dim keys: dict of (B, To, Dk) -> (B, To, sum of low_dim_feature_dim) float32 on device;
+    the quaternions a key lists (utils.shape_meta.QUATERNIONS) become rotation-matrix columns."""
     parts = []
     for k in keys:
+        meta = shape_meta['obs'][k]
         v = torch.as_tensor(_get_obs(obs, k)).to(device=device, dtype=torch.float32)
-        if v.dim() != 3 or v.shape[-1] != shape_meta['obs'][k]['shape'][0]:
-            raise ValueError(f'observation {k!r} must be (B, To, {shape_meta["obs"][k]["shape"][0]}), '
-                             f'got {tuple(v.shape)}')
-        parts.append(v)
+        if v.dim() != 3 or v.shape[-1] != meta['shape'][0]:
+            raise ValueError(f'observation {k!r} must be (B, To, {meta["shape"][0]}), got {tuple(v.shape)}')
+        start = 0
+        for o in quaternion_offsets(meta):  # (B, To, D) -> pieces around each (B, To, 4) quaternion
+            parts += [v[..., start:o], quaternion_to_rot6d(v[..., o:o + 4])]
+            start = o + 4
+        parts.append(v[..., start:])
     return torch.cat(parts, dim=-1)
 
 
@@ -54,7 +74,7 @@ class IdentityEncoder(nn.Module):
                              'use an image encoder (resnet18, resnet34, resnet50, impala)')
         self.shape_meta = shape_meta
         self.keys = low_dim_keys(shape_meta)
-        self.output_dim = sum(shape_meta['obs'][k]['shape'][0] for k in self.keys)
+        self.output_dim = sum(low_dim_feature_dim(shape_meta['obs'][k]) for k in self.keys)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, obs: dict) -> torch.Tensor:
@@ -75,7 +95,7 @@ class MLPEncoder(nn.Module):
             raise ValueError('MLPEncoder: encoder_hidden_dims must have at least one entry')
         self.shape_meta = shape_meta
         self.keys = low_dim_keys(shape_meta)
-        in_dim = sum(shape_meta['obs'][k]['shape'][0] for k in self.keys)
+        in_dim = sum(low_dim_feature_dim(shape_meta['obs'][k]) for k in self.keys)
         self.net = mlp(in_dim, hidden_dims[:-1], hidden_dims[-1])
         self.dropout = nn.Dropout(dropout)
         self.output_dim = hidden_dims[-1]
@@ -224,7 +244,7 @@ class MultiImageObsEncoder(nn.Module):
                 probe = torch.zeros(1, 3, *self.crop_shapes[k]).contiguous(memory_format=self.memory_format)
                 self.feature_dims[k] = self._backbone(k)(probe).shape[-1]
         self.train(was_training)
-        low = sum(shape_meta['obs'][k]['shape'][0] for k in self.low_dim_keys)
+        low = sum(low_dim_feature_dim(shape_meta['obs'][k]) for k in self.low_dim_keys)
         self.output_dim = sum(self.feature_dims.values()) + low
 
     def _backbone(self, key: str) -> nn.Module:
