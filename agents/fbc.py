@@ -48,10 +48,18 @@ class BCAgent(Agent):
 
 def conditioned(net, cond):
     """net(x, s, t, cond) as a function of (x, s, t) for one fixed cond: the network's own `conditioned`
-    when it has one (MLP computes cond's share of its first layer once), else a plain closure."""
+    when it has one (MLP computes cond's share of its first layer once), else a closure that turns float
+    times into the (B,) tensors of the network contract."""
     if hasattr(net, 'conditioned'):
         return net.conditioned(cond)
-    return lambda x, s, t: net(x, s, t, cond)
+
+    def call(x, s, t):
+        """net(x, s, t, cond) with float s, t broadcast to (B,)."""
+        s, t = (torch.full((x.shape[0],), v, device=x.device, dtype=x.dtype) if isinstance(v, float) else v
+                for v in (s, t))
+        return net(x, s, t, cond)
+
+    return call
 
 
 def euler_flow(net, cond, z, steps):

@@ -166,7 +166,7 @@ class FQLAgent(BCAgent):
         z = self.randn_like(batch['actions'])
         with torch.no_grad():
             target = euler_flow(self.model['actor'], cond, z, int(self.config.flow_steps)).clamp(-1, 1)
-        mu = z + conditioned(self.model['onestep'], cond)(z, 0.0, 1.0)[0]  # (B,Tp,A), unclipped for distillation
+        mu = z + conditioned(self.model['onestep'], cond)(z, 0.0, 1.0)[0]  # (B,Tp,A), unclipped
         distill_loss = (mu - target).pow(2).mean()
         loss = bc_loss + self.config.alpha * distill_loss
         info.update({'actor/distill_loss': distill_loss.detach()})
