@@ -46,10 +46,26 @@ class BCAgent(Agent):
         return euler_flow(model['actor'], features, z, int(self.config.flow_steps)).clamp(-1, 1)
 
 
+def conditioned(net, cond):
+    """net(x, s, t, cond) as a function of (x, s, t) for one fixed cond: the network's own `conditioned`
+    when it has one (MLP computes cond's share of its first layer once), else a closure that turns float
+    times into the (B,) tensors of the network contract."""
+    if hasattr(net, 'conditioned'):
+        return net.conditioned(cond)
+
+    def call(x, s, t):
+        """net(x, s, t, cond) with float s, t broadcast to (B,)."""
+        s, t = (torch.full((x.shape[0],), v, device=x.device, dtype=x.dtype) if isinstance(v, float) else v
+                for v in (s, t))
+        return net(x, s, t, cond)
+
+    return call
+
+
 def euler_flow(net, cond, z, steps):
     """Integrate dx/dt = net(x, t, t, cond) from t = 0 to 1 with `steps` Euler steps. z (B,Tp,A)."""
+    step = conditioned(net, cond)  # cond's work is done once, not once per step
     x, dt = z, 1.0 / steps
     for i in range(steps):
-        t = torch.full((z.shape[0],), i * dt, device=z.device, dtype=z.dtype)
-        x = x + dt * net(x, t, t, cond)[0]
+        x = x + dt * step(x, i * dt, i * dt)[0]  # float times: the same t for the whole batch
     return x

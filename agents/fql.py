@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from agents.base import _require
-from agents.fbc import BCAgent, euler_flow
+from agents.fbc import BCAgent, conditioned, euler_flow
 from agents.fbc import get_config as get_fbc_config
 from utils.network_factory import get_encoder, get_network, get_value
 from utils.training import polyak_update
@@ -101,8 +101,7 @@ class FQLAgent(BCAgent):
     # ----------------------------------------------------------------- policies
     def onestep_policy(self, model, cond, z):
         """mu(o, z) = z + net(z, 0, 1, cond), clipped to [-1, 1]. z (B,Tp,A)."""
-        zeros, ones = z.new_zeros(z.shape[0]), z.new_ones(z.shape[0])
-        return (z + model['onestep'](z, zeros, ones, cond)[0]).clamp(-1, 1)
+        return (z + conditioned(model['onestep'], cond)(z, 0.0, 1.0)[0]).clamp(-1, 1)
 
     def best_of_n_policy(self, model, cond, critic_cond, generator):
         """Draw N chunks from the BC flow per observation and keep the one with the highest mean Q."""
@@ -167,8 +166,7 @@ class FQLAgent(BCAgent):
         z = self.randn_like(batch['actions'])
         with torch.no_grad():
             target = euler_flow(self.model['actor'], cond, z, int(self.config.flow_steps)).clamp(-1, 1)
-        zeros, ones = z.new_zeros(z.shape[0]), z.new_ones(z.shape[0])
-        mu = z + self.model['onestep'](z, zeros, ones, cond)[0]  # (B, Tp, A), unclipped for the distillation
+        mu = z + conditioned(self.model['onestep'], cond)(z, 0.0, 1.0)[0]  # (B,Tp,A), unclipped
         distill_loss = (mu - target).pow(2).mean()
         loss = bc_loss + self.config.alpha * distill_loss
         info.update({'actor/distill_loss': distill_loss.detach()})

@@ -1,8 +1,10 @@
-"""Agent benchmarks: sample_actions latency (B=1, B=64), encoder share, train-step time, one-step speed-up.
+"""Agent benchmarks: sample_actions latency (B=1, B=64), encoder share, train-step time, one-step speed-up,
+and the cost of an ACFQL update against an FBC update.
 
 `python -m bench.agents [--quick] [--threads N] [--networks chiunet,...] [--obs-types state,image]`
 prints one JSON line per agent x network x obs type and a summary of the MFBC/IMFBC one-step speed-up over
 FBC's `flow_steps` Euler steps on the same network. `python -m bench` calls `main`.
+`python -m bench.agents --update-ratio [--rounds N]` prints the FQL / FBC update-time ratio instead.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from agents import AGENTS
+from agents.fbc import euler_flow
 from utils.shape_meta import random_obs
 from utils.training import eval_mode
 
@@ -82,6 +85,62 @@ def bench_one(name, network, obs_type, batch_sizes=(1, 64), repeats=3, train_bat
     return row
 
 
+LIFT_STATE = {'obs': {'object': {'shape': [10], 'type': 'low_dim'},  # scripted Lift, state observations
+                      'robot0_eef_pos': {'shape': [3], 'type': 'low_dim'},
+                      'robot0_eef_quat': {'shape': [4], 'type': 'low_dim'},
+                      'robot0_gripper_qpos': {'shape': [2], 'type': 'low_dim'}},
+              'action': {'shape': [7]}}
+
+
+def update_ratio(rounds=15, batch_size=256, network='mlp', agent='fql', ref='fbc'):
+    """Median time of one `agent` update over one `ref` update, both at `agent`'s default horizons, on the
+    Lift state shapes. The two updates alternate in one process (one of each per round), so load from other
+    processes hits both alike. Times are process CPU time (time.process_time), which a busy machine's
+    descheduling does not inflate; returns the medians and the median of the per-round ratios."""
+    base = AGENTS[agent].get_config()
+    agents = {}
+    for name in (ref, agent):
+        config = AGENTS[name].get_config()
+        config.network_type, config.obs_type = network, 'state'
+        config.obs_steps, config.horizon_length = base.obs_steps, base.horizon_length
+        config.action_steps = base.action_steps
+        agents[name] = AGENTS[name].create(LIFT_STATE, config, seed=0)
+    to, tp, a = int(base.obs_steps), int(base.horizon_length), LIFT_STATE['action']['shape'][0]
+    rng = np.random.default_rng(0)
+    batch = {'observations': random_obs(LIFT_STATE, batch_size, to, rng),
+             'next_observations': random_obs(LIFT_STATE, batch_size, to, rng),
+             'actions': rng.uniform(-1, 1, (batch_size, tp, a)).astype(np.float32),
+             'valid': np.ones((batch_size, tp), np.float32),
+             'rewards': -rng.uniform(0, 1, batch_size).astype(np.float32),
+             'masks': np.ones(batch_size, np.float32)}
+    # The distillation target alone: flow_steps no-grad Euler steps of the BC flow, a floor under the update.
+    fql = agents[agent]
+    obs = fql.normalizer.normalize_obs({k: torch.as_tensor(v) for k, v in batch['observations'].items()})
+    z = torch.randn(batch_size, tp, a)
+
+    def euler_target():
+        with torch.no_grad():
+            euler_flow(fql.model['actor'], fql.model['encoder'](obs), z, int(fql.config.flow_steps))
+
+    steps = {ref: lambda: agents[ref].update(batch), agent: lambda: fql.update(batch), 'euler': euler_target}
+    times = {name: [] for name in steps}
+    for i in range(rounds + 1):  # round 0 warms up
+        for name, fn in steps.items():
+            start = time.process_time()
+            fn()
+            if i > 0:
+                times[name].append((time.process_time() - start) * 1e3)
+    ratios = [q / f for q, f in zip(times[agent], times[ref], strict=True)]
+    ref_ms = statistics.median(times[ref])
+    return {'update_ratio': f'{agent}/{ref}', 'network': network, 'batch': batch_size, 'obs_steps': to,
+            'horizon_length': tp, 'threads': torch.get_num_threads(), 'rounds': rounds,
+            f'{ref}_cpu_ms': round(statistics.median(times[ref]), 1),
+            f'{agent}_cpu_ms': round(statistics.median(times[agent]), 1),
+            'ratio_of_medians': round(statistics.median(times[agent]) / statistics.median(times[ref]), 2),
+            'median_ratio': round(statistics.median(ratios), 2),
+            'euler_target_over_ref': round(statistics.median(times['euler']) / ref_ms, 2)}
+
+
 def main(argv=None):
     """Run the agent benchmark and print JSON lines; returns the rows."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -92,9 +151,18 @@ def main(argv=None):
     parser.add_argument('--agents', default=','.join(AGENTS), help=f'comma-separated, of {list(AGENTS)}')
     parser.add_argument('--repeats', type=int, default=3, help='timed calls per measurement (median)')
     parser.add_argument('--train-batch', type=int, default=0, help='also time one update at this batch size')
+    parser.add_argument('--update-ratio', action='store_true',
+                        help='only time FQL against FBC updates (MLP, FQL horizons, Lift state, B=256)')
+    parser.add_argument('--rounds', type=int, default=15, help='--update-ratio: alternating update pairs')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.update_ratio:
+        if args.rounds < 1:
+            parser.error(f'--rounds must be >= 1, got {args.rounds}')
+        row = update_ratio(args.rounds)
+        print(json.dumps(row), flush=True)
+        return [row]
     obs_types = ['state'] if args.quick else args.obs_types.split(',')
     repeats = 1 if args.quick else args.repeats
     for name in args.agents.split(','):

@@ -234,3 +234,27 @@ def test_bad_configs_give_clear_errors():
     value = get_value(tiny_config('mlp', 'identity'), 15)
     with pytest.raises(ValueError, match='actions must be'):
         value(torch.randn(2, 2, 15), torch.randn(2, 5, 7))
+
+
+@pytest.mark.parametrize('times', ['floats', 'per_row'])
+def test_mlp_conditioned_matches_forward(times):
+    """MLP.conditioned(cond)(x, s, t) gives forward(x, s, t, cond)'s outputs and gradients (up to round-off),
+    with float times (one embedding row) and (B,) times; a wrong x shape names the network."""
+    torch.manual_seed(0)
+    net = get_network(tiny_config('mlp', 'identity', obs_steps=2, horizon=4), 15)
+    x, cond = torch.randn(5, 4, 7), torch.randn(5, 2, 15, requires_grad=True)
+    s, t = (0.25, 0.75) if times == 'floats' else (torch.rand(5), torch.rand(5))
+    grads = []
+    for fn in (lambda: net(x, s, t, cond), lambda: net.conditioned(cond)(x, s, t)):
+        net.zero_grad()
+        cond.grad = None
+        y, scalar = fn()
+        (y.pow(2).sum() + scalar.sum() * 3).backward()
+        grads.append((y.detach(), [p.grad.clone() for p in net.parameters()], cond.grad.clone()))
+    (y0, g0, c0), (y1, g1, c1) = grads
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c1, c0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r'MLP: x must be'):
+        net.conditioned(cond)(torch.randn(5, 3, 7), s, t)

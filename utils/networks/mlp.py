@@ -36,3 +36,29 @@ class MLP(nn.Module):
         h = self.trunk(h)
         y = self.out(h).reshape(b, self.horizon, self.action_dim)  # (B, Tp, A)
         return y, self.scalar_head(h)
+
+    def conditioned(self, cond):
+        """net(x, s, t, cond) as a function of (x, s, t) for one fixed cond (B,To,D), computing cond's share
+        of the first layer once; float s, t are embedded once for the whole batch. Same math as forward
+        (Linear of a concatenation = sum of its column blocks), for repeated calls: Euler steps, the
+        one-step policy at s = 0, t = 1."""
+        b = cond.shape[0]
+        nx = self.horizon * self.action_dim
+        first = self.trunk[0]
+        w_x, w_e, w_c = first.weight.split([nx, self.time_emb.output_dim, self.obs_steps * self.cond_dim], 1)
+        check_inputs(cond.new_zeros(b, self.horizon, self.action_dim), cond, self.horizon, self.action_dim,
+                     self.obs_steps, self.cond_dim, 'MLP')
+        cond_term = torch.addmm(first.bias, cond.reshape(b, -1), w_c.T)  # (B, H), bias included
+
+        def net(x, s, t):
+            """(y (B,Tp,A), scalar (B,1)) = forward(x, s, t, cond)."""
+            if x.shape != (b, self.horizon, self.action_dim):
+                raise ValueError(f'MLP: x must be (B={b}, Tp={self.horizon}, A={self.action_dim}), '
+                                 f'got {tuple(x.shape)}')
+            rows = 1 if isinstance(s, float) and isinstance(t, float) else b  # one embedding row or B
+            s, t = batch_times(s, rows, x), batch_times(t, rows, x)
+            h = torch.addmm(cond_term, x.reshape(b, -1), w_x.T) + self.time_emb(s, t) @ w_e.T
+            h = self.trunk[1:](h)
+            return self.out(h).reshape(b, self.horizon, self.action_dim), self.scalar_head(h)
+
+        return net
