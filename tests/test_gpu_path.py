@@ -237,8 +237,10 @@ def test_compiled_agent_trains_samples_and_checkpoints_like_eager(name, tmp_path
     """torch.compile (CPU inductor here): the same losses and weights as eager within float tolerance (MFBC:
     its JVP runs the network eagerly), no recompilation per step, and a compiled run's checkpoint loads
     eagerly (and back) with the same keys."""
+    import torch._dynamo
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # a graph cached by an earlier test (same encoder code) would not count below
     meta = shape_meta()
     eager, compiled = make_agent(name), make_agent(name, compile=True)
     counters.clear()
