@@ -48,9 +48,10 @@ class IMFBCAgent(MFBCAgent):
         """Compound loss || V - v_cond ||^2 [+ w || u(x_s, s, s) - v_cond ||^2]; JVP tangent (sg(v), 1, 0)."""
         s, t, x_s, v_cond = self.draw_points(actions)
         w = self.config.velocity_loss_weight
+        u_fn = self.average_velocity(net, cond)
         with torch.set_grad_enabled(w > 0 and torch.is_grad_enabled()):
-            v_pred = net(x_s, s, s, cond)[0]  # instantaneous velocity v_theta(x_s, s)
-        u, du_ds = jvp_along_s(lambda x_, s_, t_: net(x_, s_, t_, cond)[0], x_s, s, t, v_pred.detach())
+            v_pred = u_fn(x_s, s, s)  # instantaneous velocity v_theta(x_s, s)
+        u, du_ds = jvp_along_s(u_fn, x_s, s, t, v_pred.detach())
         compound = u - (t - s)[:, None, None] * du_ds.detach()  # estimate of v(x_s, s)
         err_u = (compound - v_cond).pow(2).flatten(1).sum(1)  # (B,)
         err_v = (v_pred - v_cond).pow(2).flatten(1).sum(1)  # (B,)
