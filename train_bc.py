@@ -4,12 +4,15 @@
     python train_bc.py --env_name=lift-scripted-image --agent=agents/fbc_image.py
     python train_bc.py --agent=agents/fql.py --agent.alpha=100
     python train_bc.py --resume=runs/<run_dir>           # continue exactly where a run stopped
+    python train_bc.py --agent=agents/fql.py --offline_steps=10000 --online_steps=50000   # then online
     python train_bc.py --eval_only --checkpoint=runs/<run_dir>/checkpoints/best.pt
+    torchrun --nproc_per_node=2 train_bc.py ...            # one run over 2 processes (batch_size each)
 
 Experiment flags live here; hyperparameters live in the agent config file (`--agent.*`). The trainer knows
 no agent by name: every agent has `create / update / sample_actions / save / load`.
 """
 
+import itertools
 import json
 import math
 import os
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 import tqdm
 from absl import app, flags
@@ -26,10 +30,20 @@ from ml_collections import config_flags
 
 from envs import env_utils
 from envs.evaluation import evaluate_episodes
+from envs.online import (
+    EpisodeCollector,
+    ReplayFile,
+    check_seed_ranges,
+    chunk_noise_seed,
+    chunk_sizes,
+    collection_seed,
+)
 from envs.task_defaults import task_defaults
+from utils import distributed, update_record
 from utils.datasets import DEFAULT_DISCOUNT
 from utils.logging import CsvLogger, WandbLogger, write_video
-from utils.torch_utils import pick_device
+from utils.prefetch import BatchPrefetcher
+from utils.torch_utils import cuda_memory_stats, pick_device
 from utils.training import get_rng_state, load_checkpoint, resolve_decay_steps, set_rng_state
 
 FLAGS = flags.FLAGS
@@ -44,7 +58,14 @@ flags.DEFINE_enum('obs_type', None, ['state', 'image'],
 flags.DEFINE_string('network_type', None, 'Shortcut for --agent.network_type (mlp, chiunet, chitransformer).')
 flags.DEFINE_integer('obs_steps', None, 'Shortcut for --agent.obs_steps (To).')
 
-flags.DEFINE_integer('offline_steps', 20000, 'Number of gradient steps.')
+flags.DEFINE_integer('offline_steps', 20000, 'Gradient steps on the offline data.')
+flags.DEFINE_integer('online_steps', 0, 'Environment steps of online fine-tuning after the offline steps '
+                     '(0: none). The current policy collects episodes into <run_dir>/replay.hdf5 and '
+                     'training continues on the offline plus the collected data.')
+flags.DEFINE_integer('utd_ratio', 1, 'Online update-to-data ratio: gradient steps per environment step '
+                     '(after each executed chunk of n env steps, utd_ratio * n gradient steps).')
+flags.DEFINE_integer('collect_seed', 2_000_000, 'Online episode j resets with seed collect_seed + j; the '
+                     'range [collect_seed, collect_seed + online_steps) must miss the evaluation seeds.')
 flags.DEFINE_integer('log_interval', 500, 'Steps between train.csv rows (with a validation loss).')
 flags.DEFINE_integer('eval_interval', 10000, 'Steps between evaluations (0: only at the end).')
 flags.DEFINE_integer('save_interval', 5000, 'Steps between latest-checkpoint saves (0: only at the end).')
@@ -65,6 +86,10 @@ flags.DEFINE_string('device', 'auto', "torch device: 'auto' (cuda when present),
 flags.DEFINE_integer('torch_threads', None,
                      'torch CPU threads of this process (default: $OMP_NUM_THREADS when set, else 1: with a '
                      'thread per core, each small op waits for a core another job uses; bench/threads.py).')
+flags.DEFINE_integer('prefetch_batches', 1,
+                     'Batches a background thread draws (and pins, on CUDA) ahead of the training step '
+                     '(0: draw in the loop). Changes no number: checkpoints store the data RNG of the '
+                     'batches trained on (utils/prefetch.py).')
 flags.DEFINE_string('resume', None, 'Run directory (or checkpoint file) to continue exactly.')
 flags.DEFINE_bool('eval_only', False, 'Only evaluate --checkpoint; no training.')
 flags.DEFINE_string('checkpoint', None, 'Checkpoint file for --eval_only.')
@@ -72,11 +97,12 @@ flags.DEFINE_string('checkpoint', None, 'Checkpoint file for --eval_only.')
 # Experiment flags a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ('offline_steps', 'log_interval', 'eval_interval', 'save_interval', 'eval_episodes',
                       'eval_max_steps', 'eval_workers', 'video_episodes', 'video_failures', 'wandb_mode',
-                      'device')
-EXPERIMENT_FLAGS = ('env_name', 'dataset_path', 'offline_steps', 'log_interval', 'eval_interval',
+                      'device', 'prefetch_batches')
+EXPERIMENT_FLAGS = ('env_name', 'dataset_path', 'offline_steps', 'online_steps', 'utd_ratio', 'collect_seed',
+                    'log_interval', 'eval_interval',
                     'save_interval', 'eval_episodes', 'eval_max_steps', 'eval_workers', 'eval_seed',
                     'video_episodes', 'video_failures', 'seed',
-                    'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device')
+                    'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device', 'prefetch_batches')
 
 
 SHORTCUT_FLAGS = ('obs_type', 'network_type', 'obs_steps')  # --x is short for --agent.x
@@ -147,8 +173,14 @@ def build_config():
     except ValueError as e:
         raise UserError(f'--agent.obs_type / --obs_type: {e}') from None
     if 'lr_decay_steps' in config:  # -1: decay over the whole run (utils.training.resolve_decay_steps)
-        config['lr_decay_steps'] = resolve_decay_steps(config.lr_decay_steps, FLAGS.offline_steps)
+        total = total_gradient_steps(FLAGS.offline_steps, FLAGS.online_steps, FLAGS.utd_ratio)
+        config['lr_decay_steps'] = resolve_decay_steps(config.lr_decay_steps, total)
     return config
+
+
+def total_gradient_steps(offline_steps, online_steps, utd_ratio):
+    """Gradient steps of the whole run: the offline ones plus utd_ratio per online env step."""
+    return offline_steps + utd_ratio * online_steps
 
 
 def task_recipe():
@@ -213,7 +245,11 @@ def first_loss(info):
 
 
 class Run:
-    """Owns the run: datasets, agent, loggers, checkpoints, evaluation."""
+    """Owns the run: datasets, agent, loggers, checkpoints, evaluation.
+
+    Under torchrun every rank builds a Run and trains (its own batches and noise, averaged gradients); rank 0
+    alone makes the run directory, logs, evaluates and writes checkpoints (utils/distributed.py).
+    """
 
     def __init__(self, run_flags, config, run_dir=None, resume_from=None):
         """Load data and build (or load) the agent; a new run directory is made only once that worked."""
@@ -223,14 +259,18 @@ class Run:
         self.flags = run_flags
         self.config = config
         self.run_dir = run_dir
-        self.device = pick_device(run_flags['device'])
+        self.main = distributed.is_main()
+        self.device = distributed.device_for_rank(run_flags['device'])
         torch.manual_seed(run_flags['seed'])
         random.seed(run_flags['seed'])
 
-        data = env_utils.make_env_and_datasets(
-            run_flags['env_name'], run_flags['dataset_path'], obs_type=config.obs_type,
-            obs_keys=config.get('obs_keys'), seed=run_flags['seed'], build_envs=False,
-            max_episode_steps=run_flags['eval_max_steps'])
+        online = run_flags['online_steps'] > 0
+        with distributed.main_first():  # one process per node generates / caches the data, then the others
+            data = env_utils.make_env_and_datasets(
+                run_flags['env_name'], run_flags['dataset_path'], obs_type=config.obs_type,
+                obs_keys=config.get('obs_keys'), seed=run_flags['seed'], build_envs=False,
+                max_episode_steps=run_flags['eval_max_steps'],
+                **({'storage': 'ram'} if online else {}))  # online episodes are appended in RAM
         _, _, self.train_ds, self.val_ds = data
         self.shape_meta = self.train_ds.shape_meta
         self.env_info = {  # what evaluation needs to rebuild the env, stored in every checkpoint
@@ -240,10 +280,20 @@ class Run:
         }
         if config.agent_name not in AGENTS:
             raise UserError(f'--agent: agent_name {config.agent_name!r} is not one of {sorted(AGENTS)}')
+        if online and not self.train_ds.env_meta.get('env_args'):
+            source = self.train_ds.env_meta['source_file']
+            raise UserError(f'--online_steps={run_flags["online_steps"]}: {source} has no '
+                            "data.attrs['env_args'], so there is no env to collect episodes in")
         agent_cls = AGENTS[config.agent_name]
         self.step = 0
         self.best_success = -1.0
         self.wandb_id = None
+        # online progress: env steps (the current episode's included), committed episodes, their successes,
+        # and the env steps of the episode being collected (0 at an episode boundary)
+        self.online = {'env_steps': 0, 'episodes': 0, 'successes': 0, 'episode_steps': 0}
+        self.total_steps = total_gradient_steps(run_flags['offline_steps'], run_flags['online_steps'],
+                                                run_flags['utd_ratio'])
+        self.exit_code = None
         if resume_from is None:
             stats = self.train_ds.normalizer_stats()
             self.agent = agent_cls.create(self.shape_meta, config, normalizer_stats=stats,
@@ -251,20 +301,69 @@ class Run:
         else:
             self.agent = agent_cls.load(resume_from, device=self.device)
             self._restore_trainer_state(self.agent.extra['trainer'])
+        self._seed_rank(None if resume_from is None else self.agent.extra['trainer'])
+        distributed.check_identical(self._synced_state(), 'the agents built on each rank')
+        if os.environ.get(update_record.ENV_VAR):  # test hook (tests/test_distributed.py)
+            update_record.record_updates(self.agent, os.environ[update_record.ENV_VAR], distributed.rank())
         # validation's own noise: it draws nothing from the agent's or the global RNGs
         self.val_generator = torch.Generator(self.agent.device).manual_seed(run_flags['seed'] + 2)
         if resume_from is not None and 'val_noise_rng' in self.agent.extra['trainer']:
             self.val_generator.set_state(self.agent.extra['trainer']['val_noise_rng'])
+        # every rank's training batch stream (drawn ahead in a thread; checkpoints store its rng_state())
+        self.batches = BatchPrefetcher(lambda: self.sample(self.train_ds), self.train_ds,
+                                       depth=run_flags.get('prefetch_batches', 1),
+                                       pin_memory=self.agent.device.type == 'cuda')
+        self.saved_step = self.step  # gradient step of the newest latest.pt (resume: the one loaded)
+        if not self.main:  # rank 0 alone writes the run directory, csv files and wandb
+            self.run_dir = distributed.broadcast_object(None)
+            return
         if run_dir is None:
             run_dir = self.run_dir = make_run_dir(run_flags, config)
+        self.replay_path = os.path.join(run_dir, 'replay.hdf5')
+        if resume_from is not None and self.online['episode_steps'] != 0:
+            raise UserError(f'{resume_from} was written in the middle of an online episode (a best.pt), '
+                            'which cannot be continued exactly; resume from the run directory (its '
+                            f'latest.pt): --resume={run_dir}')
+        if resume_from is not None and self.online['episodes'] > 0:
+            self._load_replay(resume_from)
+        distributed.broadcast_object(run_dir)
         self.train_csv = CsvLogger(os.path.join(run_dir, 'train.csv'))
         self.eval_csv = CsvLogger(os.path.join(run_dir, 'eval.csv'))
         self.episodes_csv = CsvLogger(os.path.join(run_dir, 'episodes.csv'), key=('step', 'episode'))
+        self.online_csv = CsvLogger(os.path.join(run_dir, 'online.csv'), key=('episode',)) if online else None
         self.wandb = WandbLogger(run_flags['wandb_project'], run_flags['wandb_mode'], run_dir,
                                  config={**run_flags, 'agent': config.to_dict()},
                                  group=run_flags['run_group'],
                                  name=os.path.basename(run_dir), resume_id=self.wandb_id)
         self.wandb_id = self.wandb.id
+
+    # ---- ranks -------------------------------------------------------------------------------------------
+    def _rank_state(self):
+        """This rank's own streams: its batch sampler, training noise and global RNGs."""
+        return {'train_rng': self.batches.rng_state(), 'noise_rng': self.agent.rng.get_state(),
+                'global_rng': get_rng_state()}
+
+    def _seed_rank(self, trainer_state):
+        """Give rank r > 0 its own streams: seeded from (seed, r) (`distributed.rank_seed`), or on resume
+        restored from the checkpoint's `other_ranks`. Rank 0 keeps a one-process run's streams."""
+        r = distributed.rank()
+        if r == 0:
+            return
+        if trainer_state is not None:
+            state = trainer_state['other_ranks'][r - 1]
+            self.train_ds.set_rng_state(state['train_rng'])
+            self.agent.rng.set_state(state['noise_rng'])
+            set_rng_state(state['global_rng'])
+            return
+        seed = distributed.rank_seed(self.flags['seed'], r)
+        self.train_ds.set_rng_state(np.random.default_rng(seed).bit_generator.state)
+        self.agent.rng.manual_seed(seed)
+        torch.manual_seed(seed)
+        random.seed(seed)
+
+    def _synced_state(self):
+        """What every rank must hold bit-identically: weights, optimizer, scheduler, EMA, target networks."""
+        return {'trainer': self.agent.trainer.state_dict(), 'extra_state': self.agent.extra_state()}
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _trainer_state(self):
@@ -273,16 +372,18 @@ class Run:
             'step': self.step,
             'best_success': self.best_success,
             'wandb_id': self.wandb_id,
-            'train_rng': self.train_ds.rng_state(),
+            'train_rng': self.batches.rng_state(),  # = train_ds's RNG after the batches trained on
             'val_rng': None if self.val_ds is None else self.val_ds.rng_state(),
             'global_rng': get_rng_state(),  # torch CPU, CUDA and python
             'val_noise_rng': self.val_generator.get_state(),
+            'online': dict(self.online),
         }
 
     def _restore_trainer_state(self, state):
         self.step = state['step']
         self.best_success = state['best_success']
         self.wandb_id = state['wandb_id']
+        self.online.update(state.get('online', {}))  # absent before the online phase existed
         self.train_ds.set_rng_state(state['train_rng'])
         if self.val_ds is not None and state['val_rng'] is not None:
             self.val_ds.set_rng_state(state['val_rng'])
@@ -292,20 +393,46 @@ class Run:
             set_rng_state({'torch': state['torch_rng'], 'cuda': state['cuda_rng'] or [],
                            'python': state['python_rng']})
 
+    def _load_replay(self, path):
+        """Resume: the checkpoint's committed online episodes, read back from the replay file into the
+        training data in collection order (episodes past them are replayed by `online_phase`)."""
+        if not os.path.isfile(self.replay_path):
+            raise UserError(f'{path} has {self.online["episodes"]} online episodes, but the replay file '
+                            f'{self.replay_path} is missing')
+        replay = ReplayFile.open(self.replay_path, self.shape_meta)
+        if replay.num_episodes < self.online['episodes']:
+            raise UserError(f'{self.replay_path} holds {replay.num_episodes} episodes, fewer than the '
+                            f'{self.online["episodes"]} of {path}: it is not this run\'s replay')
+        for j in range(self.online['episodes']):
+            self.add_online_episode(replay.read(j))
+
+    def add_online_episode(self, episode):
+        """Append an online episode record (envs.online) to the training data."""
+        self.batches.stop()  # the thread samples this dataset: rewind it to the batches trained on first
+        self.train_ds.add_episode(episode['obs'], episode['actions'], episode['rewards'], episode['dones'])
+
     def save(self, name):
         """Write checkpoints/<name>.pt atomically; it carries everything needed to evaluate or resume.
 
-        The agent writes its own state (config and shape_meta included); `extra` holds the run's."""
+        The agent writes its own state (config and shape_meta included); `extra` holds the run's. Under
+        torchrun every rank calls it: rank 0 gathers the other ranks' streams into `other_ranks` (rank r at
+        index r - 1), checks that every rank holds the same weights, and alone writes the file."""
+        ranks = distributed.all_gather_object(self._rank_state())
+        distributed.check_identical(self._synced_state(), f'weights / optimizer / EMA at step {self.step}')
+        if not self.main:
+            return None
         folder = os.path.join(self.run_dir, 'checkpoints')
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f'{name}.pt')
         extra = {
-            'trainer': self._trainer_state(),
+            'trainer': {**self._trainer_state(), 'other_ranks': ranks[1:]},
             'env': self.env_info,
             'flags': self.flags,
             'code_version': git_version(),
         }
         self.agent.save(path, extra=extra, overwrite=True)  # atomic: written to a temp file, then renamed
+        if name == 'latest':
+            self.saved_step = self.step
         return path
 
     # ---- loop --------------------------------------------------------------------------------------------
@@ -325,10 +452,11 @@ class Run:
         """Evaluate the agent (EMA weights, eval mode); log eval.csv, episodes.csv, wandb and videos."""
         f = self.flags
         stats, episodes = run_evaluation(self.agent, self.config, self.shape_meta, self.env_info, f)
-        self.eval_csv.log({'step': self.step, **stats})
+        self.eval_csv.log({'step': self.step, **self.env_step_column(), **stats})
         for e in episodes:
             self.episodes_csv.log({'step': self.step, **{k: v for k, v in e.items() if k != 'frames'}})
-        self.wandb.log({f'eval/{k}': v for k, v in stats.items()}, step=self.step)
+        logged = {**self.env_step_column(), **stats}
+        self.wandb.log({f'eval/{k}': v for k, v in logged.items()}, step=self.step)
         paths = write_episode_videos(os.path.join(self.run_dir, 'videos'), f'step{self.step:08d}_', episodes)
         self.wandb.log_videos('eval/video', paths, step=self.step)
         tqdm.tqdm.write(f'step {self.step}: success_rate={stats["success_rate"]:.3f} '
@@ -336,60 +464,98 @@ class Run:
                         f'episode_length={stats["episode_length"]:.1f} ({stats["num_episodes"]} episodes)')
         return stats
 
-    def train(self):
-        """Run the training loop until `offline_steps`; returns the exit code.
+    def env_step_column(self):
+        """{'env_step': online env steps so far} in a run with an online phase, else {} (csv columns)."""
+        return {'env_step': self.online['env_steps']} if self.flags['online_steps'] > 0 else {}
 
-        SIGINT / SIGTERM stop the loop after the current step (or evaluation): `latest` is written and the
-        resume command printed; the exit code is 128 + the signal number.
-        """
+    def due(self, interval):
+        """At the multiples of `interval` (> 0) gradient steps, and at the end of each phase."""
+        return (interval > 0 and self.step % interval == 0) or self.step in (self.flags['offline_steps'],
+                                                                            self.total_steps)
+
+    def gradient_step(self):
+        """One update on the training data, its train.csv row and an evaluation when due; False on a
+        non-finite loss (`exit_code` 3, message printed)."""
         f = self.flags
-        total = f['offline_steps']
-        due = lambda interval: (interval > 0 and self.step % interval == 0) or self.step == total  # noqa: E731
-        bar = tqdm.tqdm(total=total, initial=self.step, unit='step', dynamic_ncols=True, mininterval=1.0,
-                        file=sys.stderr)
-        window_start, window_steps = time.perf_counter(), 0
-        last_eval = None
-        with StopSignals() as stop:
-            while self.step < total:
-                info = scalars(self.agent.update(self.sample(self.train_ds)))
-                bad = {k: v for k, v in info.items() if not math.isfinite(v)}
-                if bad:
-                    bar.close()
-                    ckpts = os.path.join(self.run_dir, 'checkpoints')
-                    print(f'error: non-finite loss at step {self.step + 1}: {bad}. Stopped; the last good '
-                          f'checkpoint (if any) is in {ckpts}', file=sys.stderr)
-                    return 3
-                self.step += 1
-                window_steps += 1
-                bar.update(1)
-                if self.step % 10 == 0 or self.step == 1:
-                    bar.set_postfix(loss=f'{first_loss(info):.4f}', refresh=False)
-                if due(f['log_interval']):
-                    elapsed = time.perf_counter() - window_start
-                    row = {'step': self.step, 'steps_per_s': window_steps / max(elapsed, 1e-9), **info,
-                           **self.validation()}
-                    self.train_csv.log(row)
-                    self.wandb.log(row, step=self.step)
-                    window_start, window_steps = time.perf_counter(), 0
-                if f['eval_episodes'] > 0 and due(f['eval_interval']):
-                    last_eval = self.run_eval()
-                    if last_eval['success_rate'] > self.best_success:
-                        self.best_success = last_eval['success_rate']
-                        self.save('best')
-                if due(f['save_interval']) or stop.signum is not None:
-                    self.save('latest')
-                if stop.signum is not None and self.step < total:
-                    bar.close()
-                    self.wandb.finish()
-                    print(f'stopped by signal {stop.signum} at step {self.step}; checkpoints/latest.pt '
-                          'written. '
-                          f'Resume with: python train_bc.py --resume={self.run_dir}', file=sys.stderr)
-                    return 128 + stop.signum
-        bar.close()
+        info = scalars(self.agent.update(self.batches.next()))
+        bad = {k: v for k, v in info.items() if not math.isfinite(v)}
+        if distributed.any_rank(bool(bad)):  # every rank stops at the same step
+            self.bar.close()
+            if bad or self.main:
+                ckpts = os.path.join(self.run_dir, 'checkpoints')
+                print(f'error: non-finite loss at step {self.step + 1}: {bad or "on another rank"}. Stopped; '
+                      f'the last good checkpoint (if any) is in {ckpts}', file=sys.stderr)
+            self.exit_code = 3
+            return False
+        self.step += 1
+        self.window_steps += 1
+        self.bar.update(1)
+        if self.step % 10 == 0 or self.step == 1:
+            self.bar.set_postfix(loss=f'{first_loss(info):.4f}', **self.env_step_column(), refresh=False)
+        if self.due(f['log_interval']):
+            info = distributed.mean_scalars(info)  # the losses of the global batch
+            if self.main:
+                elapsed = time.perf_counter() - self.window_start
+                row = {'step': self.step, **self.env_step_column(),
+                       'steps_per_s': self.window_steps / max(elapsed, 1e-9), **info, **self.validation(),
+                       **cuda_memory_stats(self.agent.device)}
+                self.train_csv.log(row)
+                self.wandb.log(row, step=self.step)
+            self.window_start, self.window_steps = time.perf_counter(), 0
+        if f['eval_episodes'] > 0 and self.due(f['eval_interval']):
+            self.last_eval = distributed.run_on_main(self.run_eval)  # the other ranks wait for it
+            if self.last_eval['success_rate'] > self.best_success:
+                self.best_success = self.last_eval['success_rate']
+                self.save('best')
+        return True
+
+    def stopped(self, signum, where=''):
+        """Close the run after a stop signal and print how to resume; returns the exit code."""
+        self.bar.close()
+        if self.main:
+            self.wandb.finish()
+            print(f'stopped by signal {signum} at step {self.step}{where}; checkpoints/latest.pt is at step '
+                  f'{self.saved_step}. Resume with: {resume_command()} --resume={self.run_dir}',
+                  file=sys.stderr)
+        return 128 + signum
+
+    def offline_phase(self, stop):
+        """Gradient steps on the offline data up to --offline_steps; an exit code when stopped, else None."""
+        f = self.flags
+        while self.step < f['offline_steps']:
+            if not self.gradient_step():
+                return self.exit_code
+            stopping = distributed.any_rank(stop.signum is not None)  # every rank stops at the same step
+            if self.due(f['save_interval']) or stopping:
+                self.save('latest')
+            if stopping and self.step < self.total_steps:
+                return self.stopped(int(stop.signum or signal.SIGTERM))  # a rank the signal has not reached
+        return None
+
+    def train(self):
+        """Run the offline steps, then the online phase (--online_steps); returns the exit code.
+
+        SIGINT / SIGTERM stop the loop after the current step (or evaluation): offline, `latest` is written;
+        online, at an episode boundary `latest` is written, inside an episode the episode is dropped (resume
+        recollects it, see `online_phase`). The resume command is printed; the exit code is 128 + signal.
+        """
+        self.bar = tqdm.tqdm(total=self.total_steps, initial=self.step, unit='step', dynamic_ncols=True,
+                             mininterval=1.0, file=sys.stderr, disable=not self.main)
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.last_eval = None
+        with StopSignals() as stop, self.batches:
+            code = self.offline_phase(stop)
+            if code is None and self.flags['online_steps'] > 0:
+                code = online_phase(self, stop)
+        if code is not None:
+            return code
+        self.bar.close()
+        if not self.main:
+            return 0
         self.wandb.finish()
         best = f'{self.best_success:.3f}' if self.best_success >= 0 else 'n/a'
         wall = time.perf_counter() - self.start_time
-        self.write_summary(last_eval, wall)
+        self.write_summary(self.last_eval, wall)
         print(f'done: step {self.step}, {wall:.0f} s since start, best success rate {best}; '
               f'run directory {self.run_dir}', file=sys.stderr)
         return 0
@@ -400,6 +566,11 @@ class Run:
                    'best_success_rate': self.best_success if self.best_success >= 0 else None,
                    'last_eval': last_eval, 'wall_s_this_process': round(wall_s, 1),
                    'code_version': git_version()}
+        if self.flags['online_steps'] > 0:
+            o = self.online
+            summary.update(online_steps=self.flags['online_steps'], utd_ratio=self.flags['utd_ratio'],
+                           env_steps=o['env_steps'], online_episodes=o['episodes'],
+                           online_success_rate=o['successes'] / max(o['episodes'], 1))
         with open(os.path.join(self.run_dir, 'summary.json'), 'w') as fh:
             json.dump(summary, fh, indent=2)
 
@@ -429,6 +600,106 @@ class StopSignals:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         return False
+
+
+def collection_policy(agent, episode_seed):
+    """The collecting policy of one online episode: the agent's `sample_actions` (its evaluation weights),
+    with the noise of the k-th chunk seeded by (episode seed, k), so no training RNG is drawn from."""
+    calls = itertools.count()
+
+    def policy(obs):  # obs: dict of (1, To, ...) numpy -> (1, Tp, A) numpy
+        with torch.no_grad():
+            chunk = agent.sample_actions(obs, seed=chunk_noise_seed(episode_seed, next(calls)))
+        return chunk.detach().float().cpu().numpy()
+
+    return policy
+
+
+def online_phase(run, stop):
+    """Offline-to-online fine-tuning after the offline steps; an exit code when stopped, else None.
+
+    Online episode j resets with seed collect_seed + j and is collected by the current policy through the
+    rollout wrapper, up to --online_steps env steps in all (the last episode is cut there, a truncation).
+    After each executed chunk of n env steps come utd_ratio * n gradient steps on the offline data plus the
+    episodes committed so far, so at every chunk boundary `step == offline_steps + utd_ratio * env_steps`.
+    A finished episode is appended to <run_dir>/replay.hdf5 (committed), then to the training data, logged
+    to online.csv, and `latest` is saved when save_interval gradient steps have passed since the last save.
+
+    Resume is exact: a checkpoint is only written between episodes. The episodes the replay file holds past
+    the checkpoint (collected before a kill) are not collected again: their updates are replayed, chunk by
+    chunk, from their lengths (collection draws no training RNG, so the weights come out the same). An
+    episode that was being collected at the kill is dropped and collected again with the same seed.
+    """
+    f = run.flags
+    state = run.online
+    utd, action_steps = f['utd_ratio'], int(run.config.action_steps)
+    if os.path.isfile(run.replay_path):
+        replay = ReplayFile.open(run.replay_path, run.shape_meta)
+    else:
+        replay = ReplayFile.create(run.replay_path, run.train_ds.env_meta, run.shape_meta)
+    if run.saved_step != run.step:
+        run.save('latest')  # the online phase starts from a checkpoint on disk
+
+    def after_chunk(n):  # n env steps executed: their gradient steps; False to stop
+        state['env_steps'] += n
+        state['episode_steps'] += n
+        for _ in range(utd * n):
+            if not run.gradient_step():
+                return False
+        return stop.signum is None
+
+    def commit(episode):  # an episode in the replay file joins the training data
+        run.add_online_episode(episode)
+        state['episodes'] += 1
+        state['successes'] += int(episode['success'])
+        state['episode_steps'] = 0
+        row = {'episode': state['episodes'] - 1, 'step': run.step, 'env_step': state['env_steps'],
+               'seed': episode['seed'], 'success': float(episode['success']), 'length': episode['length'],
+               'return': episode['return'], 'end': episode['end']}
+        run.online_csv.log(row)
+        run.wandb.log({f'online/{k}': v for k, v in row.items() if k not in ('step', 'end')}, step=run.step)
+        finished = state['env_steps'] >= f['online_steps']
+        interval = f['save_interval']
+        if finished or stop.signum is not None or (interval > 0 and run.step - run.saved_step >= interval):
+            run.save('latest')
+
+    def interrupted():
+        if run.exit_code is not None:
+            return run.exit_code
+        return run.stopped(stop.signum, f' (env step {state["env_steps"]}, inside online episode '
+                                        f'{state["episodes"]}, which resume runs again)')
+
+    while state['episodes'] < replay.num_episodes:  # collected before a kill, after the checkpoint
+        episode = replay.read(state['episodes'])
+        expected = collection_seed(f['collect_seed'], state['episodes'])
+        if episode['seed'] != expected:
+            raise UserError(f'{run.replay_path}: episode {state["episodes"]} was reset with seed '
+                            f'{episode["seed"]}, this run expects {expected}; it is not this run\'s replay')
+        sizes = chunk_sizes(episode['length'], action_steps)
+        for k, n in enumerate(sizes):
+            if not after_chunk(n) and (run.exit_code is not None or k < len(sizes) - 1):
+                return interrupted()  # a stop inside the episode: resume replays it again
+        commit(episode)
+        if stop.signum is not None:
+            return run.stopped(stop.signum)
+
+    max_steps = f['eval_max_steps'] or run.env_info['max_episode_steps']
+    env_fn = env_utils.EnvFactory(run.env_info['env_meta'], run.shape_meta, max_steps)
+    collector = EpisodeCollector(env_fn, run.config.obs_steps, action_steps, max_steps)
+    try:
+        while state['env_steps'] < f['online_steps']:
+            if stop.signum is not None:
+                return run.stopped(stop.signum)
+            seed = collection_seed(f['collect_seed'], state['episodes'])
+            episode = collector.run(collection_policy(run.agent, seed), seed,
+                                    budget=f['online_steps'] - state['env_steps'], after_chunk=after_chunk)
+            if episode is None or run.exit_code is not None:
+                return interrupted()
+            replay.append(episode, attrs={'env_step': state['env_steps'], 'step': run.step})
+            commit(episode)
+    finally:
+        collector.close()
+    return None
 
 
 def run_evaluation(agent, config, shape_meta, env_info, f):
@@ -475,6 +746,27 @@ def load_extra(path):
     return {**extra, 'config': ckpt['config'], 'shape_meta': ckpt['shape_meta']}
 
 
+def resume_command():
+    """The launch command of this run, for the resume hint (same world size: exact resume needs it)."""
+    n = distributed.world_size()
+    if n == 1:
+        return 'python train_bc.py'
+    per_node = int(os.environ.get('LOCAL_WORLD_SIZE', n))
+    if per_node == n:
+        return f'torchrun --nproc_per_node={n} train_bc.py'
+    return f'torchrun --nnodes={n // per_node} --nproc_per_node={per_node} <node flags> train_bc.py'
+
+
+def check_resume_world_size(run_flags, path):
+    """Exact resume needs the world size the checkpoint was written with; UserError otherwise."""
+    saved, now = int(run_flags.get('world_size', 1)), distributed.world_size()
+    if saved != now:
+        launch = 'python train_bc.py' if saved == 1 else f'torchrun with {saved} processes in all'
+        raise UserError(f'--resume={path}: the run was trained over {saved} process(es) and this launch has '
+                        f'{now}; each rank\'s batch stream and noise are restored, so resume with the same '
+                        f'world size ({launch})')
+
+
 def resolve_checkpoint(path):
     """A checkpoint file, or a run directory -> its checkpoints/latest.pt."""
     if os.path.isdir(path):
@@ -512,9 +804,11 @@ def eval_only():
 
 
 # (flag, smallest allowed value, None allowed) of the integer experiment flags.
-INT_FLAG_RULES = (('offline_steps', 1, False), ('log_interval', 0, False), ('eval_interval', 0, False),
+INT_FLAG_RULES = (('offline_steps', 0, False), ('online_steps', 0, False), ('utd_ratio', 1, False),
+                  ('collect_seed', 0, False), ('log_interval', 0, False), ('eval_interval', 0, False),
                   ('save_interval', 0, False), ('eval_episodes', 0, False), ('eval_max_steps', 1, True),
-                  ('eval_workers', 1, True), ('video_episodes', 0, False), ('video_failures', 0, False))
+                  ('eval_workers', 1, True), ('video_episodes', 0, False), ('video_failures', 0, False),
+                  ('prefetch_batches', 0, True))
 
 
 def check_run_flags(run_flags):
@@ -526,8 +820,16 @@ def check_run_flags(run_flags):
         if value is None or value < low:
             allowed = f'an integer >= {low}' + (' (or unset)' if none_ok else '')
             raise UserError(f'--{name}={value}: expected {allowed}')
+    if run_flags['offline_steps'] + run_flags['online_steps'] < 1:
+        raise UserError(f'--offline_steps={run_flags["offline_steps"]} with --online_steps='
+                        f'{run_flags["online_steps"]}: nothing to train; expected one of them >= 1')
     try:
-        pick_device(run_flags['device'])
+        check_seed_ranges(run_flags['collect_seed'], run_flags['online_steps'], run_flags['eval_seed'],
+                          run_flags['eval_episodes'])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        distributed.device_for_rank(run_flags['device'])
     except (ValueError, RuntimeError) as e:
         raise UserError(f'--device={run_flags["device"]}: {e}') from None
 
@@ -555,24 +857,44 @@ def set_torch_threads(threads):
     return threads
 
 
+def online_flags_of_resumed_run(saved):
+    """A resumed run's flags with the online flags filled in (older checkpoints lack them); a changed
+    --online_steps, --utd_ratio or --collect_seed (or --offline_steps of a run with an online phase) is an
+    error, since the LR schedule, the phase boundary and the collection seeds follow from them."""
+    run_flags = {'online_steps': 0, 'utd_ratio': 1, 'collect_seed': FLAGS['collect_seed'].default, **saved}
+    fixed = ['online_steps', 'utd_ratio', 'collect_seed']
+    if run_flags['online_steps'] > 0:
+        fixed.append('offline_steps')
+    for name in fixed:
+        if FLAGS[name].present and getattr(FLAGS, name) != run_flags[name]:
+            raise UserError(f'--{name}={getattr(FLAGS, name)}: a resumed run keeps its --{name}='
+                            f'{run_flags[name]} (the LR schedule, the online phase and its seeds follow from '
+                            'the flags it started with)')
+    return run_flags
+
+
 def main(argv):
     """Entry point: train, resume or evaluate."""
     if len(argv) > 1:
         raise UserError(f'unexpected arguments {argv[1:]} (flags look like --name=value)')
+    world = distributed.init()  # torchrun: join its process group; plain python: one process
+    distributed.check_distributed_flags(world, online_steps=FLAGS.online_steps, eval_only=FLAGS.eval_only)
     set_torch_threads(FLAGS.torch_threads)
     if FLAGS.eval_only:
         return eval_only()
     if FLAGS.resume:
         path = resolve_checkpoint(FLAGS.resume)
         extra = load_extra(path)
-        run_flags = dict(extra['flags'])
+        run_flags = online_flags_of_resumed_run(extra['flags'])
         for name in RESUME_OVERRIDABLE:
             if FLAGS[name].present:
                 run_flags[name] = getattr(FLAGS, name)
         config = type(FLAGS.agent)(extra['config'])
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         check_run_flags(run_flags)
-        print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
+        check_resume_world_size(run_flags, path)
+        if distributed.is_main():
+            print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
         trainer = Run(run_flags, config, run_dir, resume_from=path)
     else:
         flag_values, fields = task_recipe()
@@ -581,6 +903,7 @@ def main(argv):
         applied.update(apply_task_field_defaults(config, fields))
         run_flags = {name: getattr(FLAGS, name) for name in EXPERIMENT_FLAGS}
         run_flags['task_defaults'] = applied
+        run_flags['world_size'] = world  # processes (torchrun ranks); agent.batch_size is per process
         check_run_flags(run_flags)
         check_agent_config(config, run_flags)  # before any data is generated or loaded
         trainer = Run(run_flags, config)
@@ -592,8 +915,11 @@ def entry(argv):
     try:
         code = main(argv)
     except (UserError, ValueError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+        rank = '' if distributed.is_main() else f'rank {distributed.rank()}: '
+        print(f'{rank}error: {e}', file=sys.stderr)
+        code = 2
+    finally:
+        distributed.shutdown()
     sys.exit(code)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from utils.datasets import DEFAULT_DISCOUNT
 from utils.network_factory import get_network_and_encoder, get_network_config
 from utils.normalizer import Normalizer
-from utils.shape_meta import OBS_TYPES, obs_type_of, validate_shape_meta
+from utils.shape_meta import OBS_TYPES, obs_type_of, quaternion_identity_stats, validate_shape_meta
 from utils.torch_utils import pick_device, to_torch
 from utils.training import (
     Trainer,
@@ -32,6 +32,9 @@ from utils.training import (
 )
 
 CHECKPOINT_FORMAT = 'acfql_pytorch-agent-v1'
+# Config fields that say how to run, not what is learned: `Agent.load` may override them, and a checkpoint
+# written before a field existed gets its default.
+RUNTIME_FIELDS = ('use_bf16', 'compile', 'fused_adamw', 'channels_last')
 
 
 def get_base_config():
@@ -45,7 +48,7 @@ def get_base_config():
     config.obs_steps = 2  # To: observations fed to the policy, steps i-To+1 .. i
     config.horizon_length = 16  # Tp: predicted action chunk, steps i .. i+Tp-1
     config.action_steps = 8  # Ta: actions of a chunk executed before predicting again (Ta <= Tp)
-    config.batch_size = 256  # training batch size (read by train_bc.py)
+    config.batch_size = 256  # training batch size per process (train_bc.py; torchrun: N x this in all)
     config.lr = 1e-4  # AdamW learning rate (peak, after warmup)
     config.betas = (0.95, 0.999)  # AdamW betas
     config.weight_decay = 1e-6  # AdamW weight decay
@@ -56,7 +59,15 @@ def get_base_config():
     config.use_ema = True  # keep an EMA of the weights and sample / evaluate with it
     config.ema_power = 0.75  # EMA decay warmup power (Diffusion Policy)
     config.ema_max_decay = 0.9999  # EMA decay ceiling
+    # GPU-path levers. Each may change the numerics slightly; none changes what a checkpoint holds, so a run
+    # saved with them loads without them and back (Agent.load(..., overrides={...}), RUNTIME_FIELDS).
     config.use_bf16 = False  # bf16 autocast for the forward passes on CUDA (ignored on CPU)
+    # torch.compile every network in place (training, validation and sampling; inside MeanFlow's JVP the
+    # network runs eagerly, agents/mfbc.jvp_along_s). The first steps pay the compile; state-dict keys are
+    # those of the eager modules.
+    config.compile = False
+    config.fused_adamw = config_dict.placeholder(bool)  # fused AdamW kernel; None = on CUDA only, else off
+    # (channels_last, the image backbones' memory layout, is a network field: utils.network_factory)
     # reward discount gamma per env step (dataset chunk returns); FQL's critic bootstraps with gamma ** Tp
     config.discount = DEFAULT_DISCOUNT
     return config
@@ -94,8 +105,19 @@ class Agent:
         config.shape_meta = ml_collections.ConfigDict(shape_meta)
         cls.validate_config(config)
         device = pick_device(device)
-        normalizer = Normalizer(normalizer_stats, device=device)
-        return cls(shape_meta, config, normalizer, seed, device)
+        # quaternion dims stay unscaled: the encoders turn them into rotation-matrix columns
+        normalizer = Normalizer(quaternion_identity_stats(normalizer_stats, shape_meta), device=device)
+        agent = cls(shape_meta, config, normalizer, seed, device)
+        if config.compile:  # after every copy (EMA, FQL's target) is made: compiled modules are not copied
+            agent.compile_modules()
+        return agent
+
+    def compile_modules(self):
+        """torch.compile each module of the model and of its EMA copy in place (`nn.Module.compile`: the
+        state-dict keys stay those of the eager module). Compilation happens at the first call."""
+        for model in {id(m): m for m in (self.model, self.trainer.eval_model())}.values():
+            for module in model.values():
+                module.compile()
 
     @classmethod
     def get_config(cls):
@@ -131,6 +153,10 @@ class Agent:
         _require(0 <= c.ema_max_decay < 1, 'ema_max_decay', c.ema_max_decay, 'a float in [0, 1)')
         _require(c.ema_power > 0, 'ema_power', c.ema_power, 'a positive float')
         _require(0 < c.discount <= 1, 'discount', c.discount, 'a float in (0, 1]')
+        for name in ('use_bf16', 'compile', 'channels_last'):
+            _require(isinstance(c[name], bool), name, c[name], 'True or False')
+        _require(c.fused_adamw in (None, True, False), 'fused_adamw', c.fused_adamw,
+                 'None (fused on CUDA only), True or False')
 
     def build_modules(self, config):
         """Trainable modules of the agent (all optimised and EMA-averaged together)."""
@@ -261,8 +287,9 @@ class Agent:
         save_checkpoint(path, payload, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path, device=None):
+    def load(cls, path, device=None, overrides=None):
         """Rebuild an agent saved with `save` (device None = 'auto'); `extra` comes back as `agent.extra`.
+        `overrides` may set RUNTIME_FIELDS (e.g. {'compile': False} for a checkpoint trained compiled).
 
         The global RNGs belong to the run, not the agent: they are left alone (older checkpoints that also
         hold them under rng['global'] load the same way)."""
@@ -275,6 +302,14 @@ class Agent:
             raise ValueError(f'{path!r} holds agent {name!r}, cannot load it as {cls.name!r}; '
                              f'use agents.AGENTS[{name!r}].load')
         config = ml_collections.ConfigDict(payload['config'])
+        overrides = dict(overrides or {})
+        bad = sorted(set(overrides) - set(RUNTIME_FIELDS))
+        if bad:
+            raise ValueError(f'Agent.load overrides {bad} are not runtime fields; allowed: {RUNTIME_FIELDS}')
+        defaults = get_base_config()
+        for name in RUNTIME_FIELDS:  # checkpoints written before a field existed get its default
+            if name in overrides or name not in config:
+                config[name] = overrides.get(name, defaults[name])
         agent = cls.create(payload['shape_meta'], config, None, payload['seed'], pick_device(device))
         agent.normalizer = Normalizer.from_state_dict(payload['normalizer'], device=agent.device)
         agent.trainer.load_state_dict(payload['trainer'])

@@ -5,6 +5,8 @@ du/ds = d_s u + (d_x u) v, computed as a forward-mode JVP along the tangent (v, 
 (MeanFlow, Geng et al. 2025, arXiv 2505.13447).
 """
 
+import functools
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -37,6 +39,9 @@ def get_config():
     # reached from (x, s), with u = (net - x) / (1 - s): the one-step map is then the network's output,
     # not z plus a correction that must cancel z (see `average_velocity`)
     config.prediction = 'x'
+    # FBC's 1e-4 is Diffusion Policy's rate for its U-Net over long image runs; the one-step map of the MLP
+    # learns far faster at 1e-3 (screen: 1e-3 beat 3e-4 at 2000 steps; scripted Lift 1.00 at 5k steps)
+    config.lr = 1e-3
     config.sample_steps = 1  # flow-map steps at sampling time (1 = one-step generation)
     config.timestep_scale = 1.0  # unscaled times in the embeddings keep the JVP's du/ds well conditioned
     # how the two times reach net(x, s, t, cond): 'st' passes (s, t); 't_gap' passes (t, t - s) in the same
@@ -45,20 +50,49 @@ def get_config():
     return config
 
 
-def jvp_along_s(u_fn, x, s, t, dx):
+def _jvp(u_fn, x, s, t, dx):
+    """torch.func.jvp of u_fn at (x, s, t) along (dx, 1, 0)."""
+    return torch.func.jvp(u_fn, (x, s, t), (dx, torch.ones_like(s), torch.zeros_like(t)))
+
+
+@functools.cache
+def _compiled_jvp():
+    """`_jvp` under torch.compile, built on first use (`compiled=True`; the agents do not use it, see
+    `jvp_along_s`)."""
+    return torch.compile(_jvp)
+
+
+def full_precision(x):
+    """x as float32 when it is bf16 / fp16 (autocast outputs); float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def jvp_along_s(u_fn, x, s, t, dx, compiled=False):
     """(u_fn(x, s, t), d/de u_fn(x + e dx, s + e, t)) via torch.func.jvp, using the math attention kernel
-    (flash / memory-efficient attention have no forward-mode AD). x, dx (B,...), s, t (B,)."""
-    with sdpa_kernel(SDPBackend.MATH):
-        return torch.func.jvp(u_fn, (x, s, t), (dx, torch.ones_like(s), torch.zeros_like(t)))
+    (flash / memory-efficient attention have no forward-mode AD). x, dx (B,...), s, t (B,).
+
+    `compiled` runs the whole JVP under torch.compile. The agents leave it off: with torch 2.14 on CPU it
+    matched eager for the MLP (1e-7) but failed for ChiUNet (INTERNAL ASSERT in _make_dual while tracing);
+    bench/gpu_check.py probes it on CUDA. With `config.compile` the network inside the eager JVP runs
+    eagerly (dynamo cannot enter a transform it did not start), so MeanFlow training compiles its encoder
+    and samples compiled, and its JVP gives the eager values.
+
+    The JVP always runs in fp32, autocast off (u_fn must be fp32 inside: cast its captured features): under
+    bf16 autocast torch.func.jvp fails for convolutions on CPU (input fp32, weight bf16) and is unverified on
+    CUDA, and du/ds is a difference quotient that bf16 would round hardest. With `use_bf16` the encoders
+    (and sampling) still run in bf16."""
+    with sdpa_kernel(SDPBackend.MATH), torch.autocast(x.device.type, enabled=False):
+        x, s, t, dx = (full_precision(a) for a in (x, s, t, dx))
+        return (_compiled_jvp() if compiled else _jvp)(u_fn, x, s, t, dx)
 
 
-def meanflow_target(u_fn, x, s, t, v):
+def meanflow_target(u_fn, x, s, t, v, compiled=False):
     """MeanFlow regression target u_tgt = v + (t - s) * du/ds (no gradient) and the primal u_fn(x, s, t).
 
     u_fn(x, s, t) -> u, x (B, ...) the point at time s, v (B, ...) the velocity at (x, s) used as tangent.
     With the exact marginal velocity and the exact average velocity this returns u exactly.
     """
-    u, du_ds = jvp_along_s(u_fn, x, s, t, v)
+    u, du_ds = jvp_along_s(u_fn, x, s, t, v, compiled)
     gap = (t - s).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, ..., 1)
     return u, (v + gap * du_ds).detach()
 
@@ -133,6 +167,7 @@ class MFBCAgent(Agent):
     def flow_loss(self, net, cond, actions):
         """MeanFlow loss || u_theta(x_s, s, t) - sg(v_cond + (t - s) du/ds) ||^2, tangent (v_cond, 1, 0)."""
         s, t, x_s, v = self.draw_points(actions)
+        cond = full_precision(cond)  # bf16 under autocast; the JVP runs in fp32 (jvp_along_s)
         u, target = meanflow_target(self.average_velocity(net, cond), x_s, s, t, v)
         err = (u - target).pow(2).flatten(1).sum(1)  # (B,): summed over the chunk
         loss = self.weighted_mean(err)

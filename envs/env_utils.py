@@ -100,21 +100,24 @@ def preview_shape_meta(env_name, dataset_path=None, obs_type=None, obs_keys=None
     Read from the file's header when the file exists, else from the demo generator's layout (a scripted name
     whose file is generated on first use). The keys are those `load_datasets` selects.
     """
-    from envs.hdf5_reader import list_obs_keys, read_shape_meta
+    from envs.hdf5_reader import list_obs_keys, read_env_meta, read_shape_meta
+    from envs.obs_layout import annotate_quaternions
     from envs.robomimic_utils import default_obs_keys, scripted_dataset_path
 
     parsed = parse_env_name(env_name)
     obs_type = obs_type or parsed.policy_obs_type
     if dataset_path is None and parsed.dataset_type == 'scripted' \
             and not scripted_dataset_path(parsed.task, parsed.obs_type).is_file():
-        from envs.generate_demos import generation_shape_meta
+        from envs.generate_demos import TASK_SPECS, generation_shape_meta
 
         meta = generation_shape_meta(parsed.task, parsed.obs_type)
         keys = list(obs_keys) if obs_keys is not None else default_obs_keys(obs_type, list(meta['obs']))
         missing = [k for k in keys if k not in meta['obs']]
         if missing:
             raise ValueError(f'obs_keys {missing} are not among the generated keys {sorted(meta["obs"])}')
-        return {'obs': {k: meta['obs'][k] for k in sorted(keys)}, 'action': meta['action']}
+        meta = {'obs': {k: meta['obs'][k] for k in sorted(keys)}, 'action': meta['action']}
+        return annotate_quaternions(meta, TASK_SPECS[parsed.task]['env_name'])
     path = get_dataset_path(parsed, dataset_path)
     keys = list(obs_keys) if obs_keys is not None else default_obs_keys(obs_type, list_obs_keys(path))
-    return read_shape_meta(path, keys)
+    env_name = read_env_meta(path).get('env_args', {}).get('env_name')
+    return annotate_quaternions(read_shape_meta(path, keys), env_name)

@@ -28,6 +28,7 @@ from envs.hdf5_reader import (  # noqa: F401  (re-exported: the public reading A
     read_robomimic,
     read_shape_meta,
 )
+from envs.obs_layout import annotate_quaternions
 from utils.datasets import Dataset, Storage
 from utils.shape_meta import canonical_obs_type, is_rgb_key, obs_type_of_keys
 
@@ -198,9 +199,10 @@ def load_datasets(path, obs_type: str, obs_keys=None, action_key: str = 'actions
     data = read_robomimic(path, obs_keys, action_key=action_key, ram_budget_gb=ram_budget_gb, storage=storage,
                           cache_dir=cache_dir, valid_fraction=valid_fraction, seed=seed)
     store = Storage(data.obs, data.actions, data.rewards, data.dones)
+    shape_meta = annotate_quaternions(data.shape_meta, data.env_meta.get('env_args', {}).get('env_name'))
 
     def make(episodes, rng_seed):
-        return Dataset(store, data.starts[episodes], data.lengths[episodes], data.shape_meta, data.env_meta,
+        return Dataset(store, data.starts[episodes], data.lengths[episodes], shape_meta, data.env_meta,
                        seed=rng_seed)
 
     train = make(data.train_episodes, seed)

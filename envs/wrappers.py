@@ -51,16 +51,20 @@ class ChunkedRollout:
         self.done = bool(done) or self.success or truncated
         return self.observation(), reward, self.done, info
 
-    def step_chunk(self, chunk, on_step=None):
+    def step_chunk(self, chunk, on_step=None, max_actions=None):
         """Queue `chunk[0:Ta]` (chunk (Tp, A)) and execute it until the queue empties or the episode ends.
 
         `on_step(obs, reward, info)` is called after every env step (e.g. to record video frames).
+        `max_actions` executes at most that many of the Ta actions (an online step budget).
         Returns (history, summed reward, done).
         """
         chunk = np.asarray(chunk)
         if chunk.ndim != 2 or chunk.shape[0] < self.action_steps:
             raise ValueError(f'expected an action chunk (Tp >= {self.action_steps}, A), got {chunk.shape}')
-        self.queue.extend(chunk[: self.action_steps])
+        if max_actions is not None and max_actions < 1:
+            raise ValueError(f'max_actions must be >= 1, got {max_actions}')
+        count = self.action_steps if max_actions is None else min(self.action_steps, max_actions)
+        self.queue.extend(chunk[:count])
         total = 0.0
         while self.queue and not self.done:
             obs, reward, _, info = self.step(self.queue.popleft())

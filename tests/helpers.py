@@ -1,4 +1,11 @@
-"""The tests' one hand-written shape_meta, one set of tiny sizes, random observations (not a test module)."""
+"""The tests' one hand-written shape_meta, one set of tiny sizes, random observations, and the helpers of the
+end-to-end train_bc.py tests (not a test module)."""
+
+import csv
+import glob
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -43,3 +50,62 @@ def make_obs(meta, batch, to, seed=0):
         else:
             obs[key] = torch.randn(batch, to, *m['shape'], generator=g)
     return obs
+
+
+# ---- end-to-end train_bc.py runs -------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tiny model, batch and horizon: these tests check the plumbing, not learning.
+TINY = ['--agent.batch_size=4', '--agent.horizon_length=8', '--agent.action_steps=4', '--agent.emb_dim=16',
+        '--agent.mlp_hidden_dims=(32,32)', '--agent.value_hidden_dims=(32,32)', '--agent.model_dim=16',
+        '--agent.dim_mult=(1,2)', '--agent.d_model=32', '--agent.n_heads=2', '--agent.num_layers=1',
+        '--agent.impala_channels=(4,8,8)', '--agent.impala_out_dim=16', '--agent.flow_steps=2',
+        '--wandb_mode=disabled']
+
+
+def run_cli(args, save_dir, timeout=240, check=True):
+    """Run train_bc.py in a subprocess; returns the CompletedProcess."""
+    cmd = [sys.executable, os.path.join(ROOT, 'train_bc.py'), f'--save_dir={save_dir}', *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}')
+    return proc
+
+
+def run_dirs(save_dir):
+    """Run directories (those holding flags.json) under save_dir."""
+    return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(save_dir, '*', '*', 'flags.json')))
+
+
+def read_csv(path):
+    """Rows of a csv file as dicts of strings."""
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def tensors_equal(a, b, where='trainer'):
+    """Recursively compare two state containers; tensors with torch.equal."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f'{where} differs'
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            tensors_equal(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            tensors_equal(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, f'{where}: {a!r} != {b!r}'
+
+
+def assert_same_train_log(full, resumed):
+    """train.csv of a resumed run: every step once, the same losses as the uninterrupted run."""
+    rows_a, rows_b = read_csv(os.path.join(full, 'train.csv')), read_csv(os.path.join(resumed, 'train.csv'))
+    steps_b = [r['step'] for r in rows_b]
+    assert len(steps_b) == len(set(steps_b)), f'duplicated steps in train.csv: {steps_b}'
+    assert [r['step'] for r in rows_a] == steps_b
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in ra:
+            if key != 'steps_per_s':
+                assert ra[key] == rb[key], (ra['step'], key)

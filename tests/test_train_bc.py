@@ -13,39 +13,13 @@ import pytest
 import torch
 
 from agents import AGENTS
+from tests.helpers import ROOT, TINY, assert_same_train_log, read_csv, run_cli, run_dirs, tensors_equal
 from utils.network_factory import NETWORKS
 from utils.shape_meta import rgb_keys
 from utils.training import load_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_COLUMNS = ['step', 'success_rate', 'successes', 'success_ci_low', 'success_ci_high', 'episode_length',
                 'episode_return', 'num_episodes', 'env_steps_per_s']
-
-# Tiny model, batch and horizon: these tests check the plumbing, not learning.
-TINY = ['--agent.batch_size=4', '--agent.horizon_length=8', '--agent.action_steps=4', '--agent.emb_dim=16',
-        '--agent.mlp_hidden_dims=(32,32)', '--agent.value_hidden_dims=(32,32)', '--agent.model_dim=16',
-        '--agent.dim_mult=(1,2)', '--agent.d_model=32', '--agent.n_heads=2', '--agent.num_layers=1',
-        '--agent.impala_channels=(4,8,8)', '--agent.impala_out_dim=16', '--agent.flow_steps=2',
-        '--wandb_mode=disabled']
-
-
-def run_cli(args, save_dir, timeout=240, check=True):
-    """Run train_bc.py in a subprocess; returns the CompletedProcess."""
-    cmd = [sys.executable, os.path.join(ROOT, 'train_bc.py'), f'--save_dir={save_dir}', *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}')
-    return proc
-
-
-def run_dirs(save_dir):
-    """Run directories (those holding flags.json) under save_dir."""
-    return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(save_dir, '*', '*', 'flags.json')))
-
-
-def read_csv(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
 
 
 def check_run_dir(run_dir, steps, eval_episodes):
@@ -92,22 +66,6 @@ def test_image_agents(agent, network, lift_image_file, tmp_path):
     assert 'config' not in ckpt['extra'] and 'shape_meta' not in ckpt['extra']  # written once, by the agent
 
 
-def tensors_equal(a, b, where='trainer'):
-    """Recursively compare two state containers; tensors with torch.equal."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f'{where} differs'
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            tensors_equal(a[k], b[k], f'{where}.{k}')
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            tensors_equal(x, y, f'{where}[{i}]')
-    else:
-        assert a == b, f'{where}: {a!r} != {b!r}'
-
-
 @pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(lift_state_file, tmp_path):
     steps = 300
@@ -139,18 +97,6 @@ def test_kill_and_resume_matches_uninterrupted_run(lift_state_file, tmp_path):
     tensors_equal(a['trainer'], b['trainer'])  # weights, EMA, optimizer, LR schedule
     tensors_equal(a['rng'], b['rng'], 'rng')
     assert_same_train_log(full, killed)
-
-
-def assert_same_train_log(full, resumed):
-    """train.csv of a resumed run: every step once, the same losses as the uninterrupted run."""
-    rows_a, rows_b = read_csv(os.path.join(full, 'train.csv')), read_csv(os.path.join(resumed, 'train.csv'))
-    steps_b = [r['step'] for r in rows_b]
-    assert len(steps_b) == len(set(steps_b)), f'duplicated steps in train.csv: {steps_b}'
-    assert [r['step'] for r in rows_a] == steps_b
-    for ra, rb in zip(rows_a, rows_b, strict=True):
-        for key in ra:
-            if key != 'steps_per_s':
-                assert ra[key] == rb[key], (ra['step'], key)
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """Observation encoders: a dict of (B, To, ...) tensors -> (B, To, D); every encoder exposes `output_dim` (D).
 
 Low-dim inputs arrive already normalized by the agent and are concatenated in sorted key order.
-Images arrive as uint8 (B, To, C, H, W); the image encoder moves them to its device, converts them to
-float and scales them to [-1, 1] exactly once.
+Images arrive as uint8 (B, To, C, H, W); the image encoder moves them to its device as uint8, crops them
+there (random crop in training) and only then converts the crops to float in [-1, 1], exactly once.
 """
 
 from collections.abc import Callable, Sequence
@@ -12,7 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.network_utils import mlp
-from utils.shape_meta import low_dim_keys, rgb_keys, validate_shape_meta
+from utils.shape_meta import (
+    low_dim_feature_dim,
+    low_dim_keys,
+    quaternion_offsets,
+    rgb_keys,
+    validate_shape_meta,
+)
 
 
 def _module_device(module: nn.Module) -> torch.device:
@@ -31,15 +37,29 @@ def _get_obs(obs: dict, key: str):
     return obs[key]
 
 
+def quaternion_to_rot6d(q: torch.Tensor) -> torch.Tensor:
+    """xyzw quaternions (..., 4) -> the first two columns of their rotation matrices (..., 6); q and -q give
+    the same six numbers (every entry is quadratic in q). q is normalized first."""
+    x, y, z, w = F.normalize(q, dim=-1).unbind(-1)
+    col0 = (1 - 2 * (y * y + z * z), 2 * (x * y + z * w), 2 * (x * z - y * w))
+    col1 = (2 * (x * y - z * w), 1 - 2 * (x * x + z * z), 2 * (y * z + x * w))
+    return torch.stack(col0 + col1, dim=-1)
+
+
 def _low_dim_features(obs: dict, keys: Sequence[str], shape_meta: dict, device) -> torch.Tensor:
-    """Concatenate low-dim keys: dict of (B, To, Dk) -> (B, To, sum Dk) float32 on device."""
+    """Concatenate low-dim keys: dict of (B, To, Dk) -> (B, To, sum of low_dim_feature_dim) float32 on device;
+    the quaternions a key lists (utils.shape_meta.QUATERNIONS) become rotation-matrix columns."""
     parts = []
     for k in keys:
+        meta = shape_meta['obs'][k]
         v = torch.as_tensor(_get_obs(obs, k)).to(device=device, dtype=torch.float32)
-        if v.dim() != 3 or v.shape[-1] != shape_meta['obs'][k]['shape'][0]:
-            raise ValueError(f'observation {k!r} must be (B, To, {shape_meta["obs"][k]["shape"][0]}), '
-                             f'got {tuple(v.shape)}')
-        parts.append(v)
+        if v.dim() != 3 or v.shape[-1] != meta['shape'][0]:
+            raise ValueError(f'observation {k!r} must be (B, To, {meta["shape"][0]}), got {tuple(v.shape)}')
+        start = 0
+        for o in quaternion_offsets(meta):  # (B, To, D) -> pieces around each (B, To, 4) quaternion
+            parts += [v[..., start:o], quaternion_to_rot6d(v[..., o:o + 4])]
+            start = o + 4
+        parts.append(v[..., start:])
     return torch.cat(parts, dim=-1)
 
 
@@ -54,7 +74,7 @@ class IdentityEncoder(nn.Module):
                              'use an image encoder (resnet18, resnet34, resnet50, impala)')
         self.shape_meta = shape_meta
         self.keys = low_dim_keys(shape_meta)
-        self.output_dim = sum(shape_meta['obs'][k]['shape'][0] for k in self.keys)
+        self.output_dim = sum(low_dim_feature_dim(shape_meta['obs'][k]) for k in self.keys)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, obs: dict) -> torch.Tensor:
@@ -75,7 +95,7 @@ class MLPEncoder(nn.Module):
             raise ValueError('MLPEncoder: encoder_hidden_dims must have at least one entry')
         self.shape_meta = shape_meta
         self.keys = low_dim_keys(shape_meta)
-        in_dim = sum(shape_meta['obs'][k]['shape'][0] for k in self.keys)
+        in_dim = sum(low_dim_feature_dim(shape_meta['obs'][k]) for k in self.keys)
         self.net = mlp(in_dim, hidden_dims[:-1], hidden_dims[-1])
         self.dropout = nn.Dropout(dropout)
         self.output_dim = hidden_dims[-1]
@@ -151,6 +171,11 @@ def random_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return images[batch, chan, rows, cols]  # (N, C, h, w)
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [0, 255] -> float32 [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
 def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The central (h, w) window of every image: (N, C, H, W) -> (N, C, h, w)."""
     height, width = images.shape[-2:]
@@ -161,9 +186,11 @@ def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class MultiImageObsEncoder(nn.Module):
     """Encodes rgb cameras with a CNN backbone each (or one shared) plus the low-dim keys: -> (B, To, D).
 
-    Per camera: uint8 (B, To, 3, H, W) -> device -> float in [-1, 1] (the only normalisation) ->
-    optional resize -> random crop (train; each of the B*To frames its own) / center crop (eval) ->
-    backbone features. D is the sum of the per-camera feature sizes plus the low-dim sizes; dropout is
+    Per camera: uint8 (B, To, 3, H, W) -> device (still uint8) -> random crop (train; each of the B*To
+    frames its own) / center crop (eval) -> float in [-1, 1] (the only normalisation) -> backbone features.
+    With `resize_shape` the images become float first, then are resized and cropped. `channels_last` keeps
+    the backbones' weights and their inputs in channels_last memory layout (faster convolutions on GPUs).
+    D is the sum of the per-camera feature sizes plus the low-dim sizes; dropout is
     applied to the concatenation.
     `make_backbone((C, h, w))` returns a module mapping (N, C, h, w) to (N, F).
     """
@@ -171,7 +198,7 @@ class MultiImageObsEncoder(nn.Module):
     def __init__(self, shape_meta: dict, make_backbone: Callable[[tuple], nn.Module],
                  share_backbone: bool = False, resize_shape: Sequence[int] | None = None,
                  crop_shape: Sequence[int] | None = None, random_crop: bool = True, dropout: float = 0.0,
-                 use_group_norm: bool = True):
+                 use_group_norm: bool = True, channels_last: bool = False):
         super().__init__()
         validate_shape_meta(shape_meta)
         self.shape_meta = shape_meta
@@ -197,9 +224,12 @@ class MultiImageObsEncoder(nn.Module):
             raise ValueError('share_backbone=True needs equal crop sizes for all cameras, '
                              f'got {self.crop_shapes}')
 
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
         def build(key):
             net = make_backbone((3, *self.crop_shapes[key]))
-            return replace_batchnorm_with_groupnorm(net) if use_group_norm else net
+            net = replace_batchnorm_with_groupnorm(net) if use_group_norm else net
+            return net.to(memory_format=self.memory_format)
 
         if share_backbone:
             self.backbone = build(self.rgb_keys[0])
@@ -211,10 +241,10 @@ class MultiImageObsEncoder(nn.Module):
         self.eval()
         with torch.no_grad():
             for k in self.rgb_keys:
-                probe = torch.zeros(1, 3, *self.crop_shapes[k])
+                probe = torch.zeros(1, 3, *self.crop_shapes[k]).contiguous(memory_format=self.memory_format)
                 self.feature_dims[k] = self._backbone(k)(probe).shape[-1]
         self.train(was_training)
-        low = sum(shape_meta['obs'][k]['shape'][0] for k in self.low_dim_keys)
+        low = sum(low_dim_feature_dim(shape_meta['obs'][k]) for k in self.low_dim_keys)
         self.output_dim = sum(self.feature_dims.values()) + low
 
     def _backbone(self, key: str) -> nn.Module:
@@ -222,17 +252,21 @@ class MultiImageObsEncoder(nn.Module):
         return self.backbone if self.share_backbone else self.backbones[key]
 
     def preprocess(self, images: torch.Tensor, key: str) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float (N, 3, h, w) in [-1, 1], resized and cropped."""
+        """uint8 (N, 3, H, W) -> float (N, 3, h, w) in [-1, 1], cropped (and resized first if asked).
+
+        Without a resize the crop is taken from the uint8 images, so only the crop is converted to float
+        (the same values as converting first: the conversion is per pixel)."""
         if images.dtype != torch.uint8:
             raise TypeError(f'image {key!r} must arrive as uint8 (the encoder normalises it once), '
                             f'got {images.dtype}')
-        x = images.float() / 127.5 - 1.0
+        x = images
         if self.resize_shape is not None:
-            x = F.interpolate(x, size=self.resize_shape, mode='bilinear', align_corners=False, antialias=True)
+            x = F.interpolate(to_unit_range(x), size=self.resize_shape, mode='bilinear', align_corners=False,
+                              antialias=True)
         crop = self.crop_shapes[key]
-        if self.training and self.random_crop:
-            return random_crop(x, crop)
-        return center_crop(x, crop)
+        x = random_crop(x, crop) if self.training and self.random_crop else center_crop(x, crop)
+        x = to_unit_range(x) if x.dtype == torch.uint8 else x
+        return x.contiguous(memory_format=self.memory_format)
 
     def forward(self, obs: dict) -> torch.Tensor:
         """dict of (B, To, 3, H, W) uint8 and (B, To, Dk) float -> (B, To, D)."""

@@ -62,6 +62,38 @@ def low_dim_keys(shape_meta: dict) -> list[str]:
     return sorted(k for k, v in shape_meta['obs'].items() if v['type'] == LOW_DIM)
 
 
+# A low-dim entry may list where xyzw unit quaternions start in its vector: {'shape': [14], 'type': 'low_dim',
+# 'quaternions': [3, 10]}. robosuite reports q and -q (the same rotation) on either side of w = 0, so a
+# quaternion can jump between antipodes within an episode; the encoders feed each one as the first two
+# columns of its rotation matrix instead (6 numbers, equal for q and -q), and the normalizer leaves those
+# dims unscaled. envs/ fills the field from the env's observation layout.
+QUATERNIONS = 'quaternions'
+
+
+def quaternion_offsets(meta: dict) -> list[int]:
+    """Start indices of the xyzw quaternions in a low-dim entry's vector (none: [])."""
+    return [int(o) for o in meta.get(QUATERNIONS, ())]
+
+
+def low_dim_feature_dim(meta: dict) -> int:
+    """Width of a low-dim entry as the encoders feed it: D, plus 2 per quaternion (4 -> 6 numbers)."""
+    return int(meta['shape'][0]) + 2 * len(quaternion_offsets(meta))
+
+
+def quaternion_identity_stats(stats: dict, shape_meta: dict) -> dict:
+    """Normalizer stats with min -1 / max 1 (the identity map) on every quaternion dim of shape_meta."""
+    out = {k: dict(v) for k, v in (stats or {}).items()}
+    for key, meta in shape_meta['obs'].items():
+        offsets = quaternion_offsets(meta)
+        if not offsets or key not in out:
+            continue
+        lo, hi = np.array(out[key]['min'], np.float64), np.array(out[key]['max'], np.float64)
+        for o in offsets:
+            lo[o:o + 4], hi[o:o + 4] = -1.0, 1.0
+        out[key] = {'min': lo, 'max': hi}
+    return out
+
+
 def validate_shape_meta(shape_meta) -> None:
     """Raise a ValueError naming the key when shape_meta is not of the form in docs/ARCHITECTURE.md."""
     if not isinstance(shape_meta, dict) and not hasattr(shape_meta, 'keys'):
@@ -81,6 +113,13 @@ def validate_shape_meta(shape_meta) -> None:
             raise ValueError(f'shape_meta["obs"]["{key}"]: rgb shape must be [3, H, W], got {list(shape)}')
         if meta['type'] == LOW_DIM and len(shape) != 1:
             raise ValueError(f'shape_meta["obs"]["{key}"]: low_dim shape must be [D], got {list(shape)}')
+        offsets = sorted(meta.get(QUATERNIONS, ()))
+        inside = all(int(o) == o and 0 <= o and o + 4 <= shape[0] for o in offsets)
+        apart = all(b >= a + 4 for a, b in zip(offsets, offsets[1:], strict=False))
+        if offsets and not (meta['type'] == LOW_DIM and inside and apart):
+            raise ValueError(f'shape_meta["obs"]["{key}"]["{QUATERNIONS}"] must list non-overlapping start '
+                             f'indices of 4-number quaternions inside a low_dim vector of {list(shape)}, '
+                             f'got {offsets}')
     action = shape_meta['action'].get('shape') if hasattr(shape_meta['action'], 'get') else None
     if action is None or len(tuple(action)) != 1 or int(action[0]) < 1:
         raise ValueError(f'shape_meta["action"]["shape"] must be [A] with A >= 1, got {action!r}')

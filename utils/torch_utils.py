@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-__all__ = ['pick_device', 'to_torch']
+__all__ = ['cuda_memory_stats', 'pick_device', 'to_torch']
 
 
 def pick_device(device='auto'):
@@ -23,7 +23,9 @@ def to_torch(x, device):
     """Convert numpy arrays (nested in dicts/lists) to tensors on `device`.
 
     uint8 arrays (images) stay uint8; other floating arrays become float32; integer and bool arrays keep
-    their dtype. Tensors are moved to `device` with the same dtype rules.
+    their dtype. Tensors are moved to `device` with the same dtype rules. The copy is asynchronous
+    (non_blocking) only from pinned CPU tensors (utils/prefetch.py pins its batches on CUDA); from numpy or
+    pageable memory it is a plain synchronous copy.
     """
     if isinstance(x, dict):
         return {k: to_torch(v, device) for k, v in x.items()}
@@ -38,3 +40,11 @@ def to_torch(x, device):
     if x.is_floating_point() and x.dtype != torch.float32:
         x = x.float()
     return x.to(device, non_blocking=True)
+
+
+def cuda_memory_stats(device):
+    """{'gpu_mem_max_gb': peak memory torch allocated on a CUDA `device` so far}; {} on other devices."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return {}
+    return {'gpu_mem_max_gb': round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}

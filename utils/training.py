@@ -8,18 +8,36 @@ import random
 
 import torch
 
+from utils.distributed import average_gradients
+
 __all__ = ['EMA', 'Trainer', 'autocast', 'eval_mode', 'load_checkpoint', 'lr_lambda', 'polyak_update',
            'get_rng_state', 'save_checkpoint', 'set_rng_state', 'strip_compile_prefix']
 
 
 def resolve_decay_steps(lr_decay_steps, total_steps=None):
     """The step at which the cosine decay ends. `lr_decay_steps` -1 means the whole run: `total_steps`
-    (train_bc.py passes --offline_steps). With no total (an agent built outside a run) -1 stays -1, which
-    lr_lambda reads as no decay end: the LR stays at its peak after warmup."""
+    (train_bc.py passes its gradient steps, offline_steps + utd_ratio * online_steps). With no total (an agent
+    built outside a run) -1 stays -1, which lr_lambda reads as no decay end: the LR stays at its peak after
+    warmup."""
     lr_decay_steps = int(lr_decay_steps)
     if lr_decay_steps == -1 and total_steps is not None:
         return int(total_steps)
     return lr_decay_steps
+
+
+def resolve_fused(fused_adamw, params):
+    """Whether AdamW runs its fused kernel: `fused_adamw` None means on CUDA only; True on a device torch
+    has no fused AdamW for is a ValueError naming the field."""
+    devices = {p.device.type for p in params}
+    if fused_adamw is None:
+        return devices == {'cuda'}
+    if fused_adamw:
+        supported = set(torch.utils._foreach_utils._get_fused_kernels_supported_devices())
+        if not devices <= supported:
+            missing = sorted(devices - supported)
+            raise ValueError(f'config.fused_adamw=True: torch has no fused AdamW on {missing} '
+                             f'(supported: {sorted(supported)}); use None or False')
+    return bool(fused_adamw)
 
 
 def lr_lambda(step, warmup_steps, decay_steps, schedule):
@@ -109,14 +127,15 @@ class Trainer:
 
     AdamW, optional grad-norm clipping, LR warmup + cosine (LambdaLR), EMA update, step counter.
     Config fields read: lr, betas, weight_decay, warmup_steps, lr_decay_steps, lr_schedule, grad_clip_norm,
-    use_ema, ema_power, ema_max_decay.
+    use_ema, ema_power, ema_max_decay, fused_adamw (optional).
     """
 
     def __init__(self, model, config):
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.fused = resolve_fused(config.get('fused_adamw'), self.params)
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=tuple(config.betas),
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, fused=self.fused or None)
         warmup, schedule = int(config.warmup_steps), config.lr_schedule
         decay = resolve_decay_steps(config.lr_decay_steps)  # a run has resolved -1 already
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -130,9 +149,11 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def apply(self, loss):
-        """Backward `loss`, clip, step optimizer and scheduler, update EMA; returns logging info."""
+        """Backward `loss`, average the gradients over ranks (torchrun), clip, step optimizer and scheduler,
+        update EMA; returns logging info."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.params)  # under torchrun: the mean over ranks, before clipping (else a no-op)
         if self.grad_clip_norm is not None and self.grad_clip_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip_norm)
         else:
@@ -156,6 +177,8 @@ class Trainer:
         """Restore from `state_dict()`."""
         self.model.load_state_dict(strip_compile_prefix(state['model']))
         self.optimizer.load_state_dict(state['optimizer'])
+        for group in self.optimizer.param_groups:  # the kernel is this run's choice, not the checkpoint's
+            group['fused'] = self.fused or None
         self.scheduler.load_state_dict(state['scheduler'])
         self.step = int(state['step'])
         if self.ema is not None:
