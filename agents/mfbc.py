@@ -13,7 +13,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from agents.base import Agent, _require
 from agents.fbc import get_config as get_fbc_config
 
-
 X_PRED_MIN_GAP = 0.05  # floor of 1 - s in u = (D - x) / (1 - s) (prediction 'x')
 
 
