@@ -181,8 +181,8 @@ def main(argv=None):
     parser.add_argument('--hidden', default='256,256,256', help='MLP hidden widths')
     parser.add_argument('--batch', type=int, default=256)
     parser.add_argument('--roughness', nargs='*', default=None, metavar='HDF5',
-                        help='only print roughness (mean squared 2nd difference / variance) per action dim of '
-                             'the synthetic chunks and of the given robomimic files')
+                        help='only print the roughness (mean squared 2nd difference / variance) per action '
+                             'dim of the synthetic chunks and of the given robomimic files')
     args = parser.parse_args(argv)
     if args.roughness is not None:
         o = np.random.default_rng(0).uniform(-1, 1, 20000).astype(np.float32)
