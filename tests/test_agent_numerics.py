@@ -116,11 +116,10 @@ def test_fbc_matches_data():
     check_matches_data(trained_bc('fbc'))
 
 
-# Known gap (issue #10): since the flow-matching share keeps the earlier time draw (MeanFlow's convention),
-# one-step samples at these wide non-default draws are too blurry between the modes. Strict: a fix fails
-# the test until the marker goes.
-FLOW_MAP_GAP = ('still failing with the defaults of prediction x (re-run 2026-12-02); at the previous defaults '
-                'MFBC had 0.77 of the mass within 3 std of a mode (needs 0.9), IMFBC its std 14% off (needs 10%)')
+# Known gap (issue #10): still failing at this round's defaults (prediction 'x'; re-run 2026-12-02). At the
+# previous defaults MFBC had 0.77 of the mass within 3 std of a mode (needs 0.9), IMFBC its std 14% off (needs
+# 10%). Strict: a fix fails the test until the marker goes.
+FLOW_MAP_GAP = 'one-step single-action samples miss the data / the analytic flow map at the defaults'
 
 
 @pytest.mark.xfail(strict=True, reason=FLOW_MAP_GAP)
