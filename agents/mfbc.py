@@ -13,18 +13,39 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from agents.base import Agent, _require
 from agents.fbc import get_config as get_fbc_config
 
+X_PRED_MIN_GAP = 0.05  # floor of 1 - s in u = (D - x) / (1 - s) (prediction 'x')
+
 
 def get_config():
     """MFBC hyperparameters: FBC's plus MeanFlow time sampling, adaptive weighting and the sampler."""
     config = get_fbc_config()
     config.agent_name = 'mfbc'  # registry key in agents.AGENTS
-    config.flow_ratio = 0.75  # fraction of the batch with s = t (plain flow matching there); MeanFlow's best
-    config.time_mu = 0.4  # logit-normal mean of the (s, t) draws, in our noise -> data convention
-    config.time_sigma = 1.0  # logit-normal std of the (s, t) draws
-    config.adaptive_p = 1.0  # adaptive loss weight 1 / (||err||^2 + c)^p; 0 disables the weighting
-    config.adaptive_c = 1e-2  # the c of the adaptive weight
+    # The time fields below were screened on synthetic chunks (docs/MEANFLOW.md, bench/meanflow_screen.py).
+    # fraction of the batch with t = s (plain flow matching at the earlier draw); MeanFlow 0.75, MP1 / DM1 /
+    # iMF 0.5
+    config.flow_ratio = 0.25
+    # logit-normal mean and std of the two (s, t) draws, in our noise -> data convention; (0, 2) draws far
+    # more large gaps (what one-step sampling evaluates) than MeanFlow's (0.4, 1)
+    config.time_mu = 0.0
+    config.time_sigma = 2.0
+    # fraction of the batch, outside the flow-matching share, drawn at (s, t) = (0, 1): the pair that
+    # one-step sampling evaluates
+    config.one_step_ratio = 0.0
+    # adaptive loss weight 1 / stopgrad(||err||^2 + c)^p; 0 disables it (MP1: p 0.5, c 1e-3; MeanFlow 1, 1e-2)
+    config.adaptive_p = 0.5
+    config.adaptive_c = 1e-3
+    # what the network outputs: 'u' the average velocity itself (MeanFlow), or 'x' the chunk at t = 1
+    # reached from (x, s), with u = (net - x) / (1 - s): the one-step map is then the network's output,
+    # not z plus a correction that must cancel z (see `average_velocity`)
+    config.prediction = 'x'
+    # FBC's 1e-4 is Diffusion Policy's rate for its U-Net over long image runs; the one-step map of the MLP
+    # learns far faster at 1e-3 (screen: 1e-3 beat 3e-4 at 2000 steps; scripted Lift 1.00 at 5k steps)
+    config.lr = 1e-3
     config.sample_steps = 1  # flow-map steps at sampling time (1 = one-step generation)
     config.timestep_scale = 1.0  # unscaled times in the embeddings keep the JVP's du/ds well conditioned
+    # how the two times reach net(x, s, t, cond): 'st' passes (s, t); 't_gap' passes (t, t - s) in the same
+    # two slots (MeanFlow's ablation prefers the gap form)
+    config.time_cond = 'st'
     return config
 
 
@@ -89,10 +110,31 @@ class MFBCAgent(Agent):
         _require(c.time_sigma > 0, 'time_sigma', c.time_sigma, 'a positive float')
         _require(c.adaptive_p >= 0, 'adaptive_p', c.adaptive_p, 'a float >= 0 (0 = unweighted)')
         _require(c.adaptive_c > 0, 'adaptive_c', c.adaptive_c, 'a positive float')
+        _require(0 <= c.one_step_ratio <= 1, 'one_step_ratio', c.one_step_ratio, 'a float in [0, 1]')
         _require(int(c.sample_steps) >= 1, 'sample_steps', c.sample_steps, 'an integer >= 1')
+        _require(c.time_cond in ('st', 't_gap'), 'time_cond', c.time_cond, "'st' or 't_gap'")
+        _require(c.prediction in ('u', 'x'), 'prediction', c.prediction, "'u' or 'x'")
+
+    def average_velocity(self, net, cond):
+        """u(x, s, t) -> (B,Tp,A) as a function of (x (B,Tp,A), s (B,), t (B,)).
+
+        `time_cond` says which two times fill the network's (s, t) slots. With `prediction` 'x' the network
+        outputs D, the chunk at t = 1, and u = (D - x) / (1 - s) (1 - s floored at X_PRED_MIN_GAP): the same
+        function class, but the one-step map z + u(z, 0, 1) = D(z, 0, 1) no longer has to cancel z.
+        """
+        c = self.config
+        times = (lambda s, t: (t, t - s)) if c.time_cond == 't_gap' else (lambda s, t: (s, t))
+        if c.prediction == 'u':
+            return lambda x, s, t: net(x, *times(s, t), cond)[0]
+
+        def u_from_x(x, s, t):
+            d = net(x, *times(s, t), cond)[0]
+            return (d - x) / (1 - s).clamp(min=X_PRED_MIN_GAP).view(-1, *([1] * (x.dim() - 1)))
+        return u_from_x
 
     def sample_times(self, batch_size, device):
-        """(s, t) with s <= t from two logit-normal draws; t = s on a `flow_ratio` fraction. Each (B,).
+        """(s, t) with s <= t from two logit-normal draws; t = s on a `flow_ratio` fraction, and (0, 1) on a
+        `one_step_ratio` fraction of the rest. Each (B,).
 
         The flow-matching share keeps the earlier (noisier) draw, as MeanFlow's code does (its `r = t` in
         the reversed data -> noise convention): collapsing onto the later draw would leave almost no
@@ -104,7 +146,8 @@ class MFBCAgent(Agent):
         s, t = tt.min(dim=0).values, tt.max(dim=0).values
         same = torch.rand(batch_size, device=device, generator=self.rng) < c.flow_ratio
         t = torch.where(same, s, t)
-        return s, t
+        ends = (torch.rand(batch_size, device=device, generator=self.rng) < c.one_step_ratio) & ~same
+        return torch.where(ends, 0.0, s), torch.where(ends, 1.0, t)
 
     def weighted_mean(self, err):
         """Mean of per-sample squared errors err (B,) with the adaptive weight 1 / stopgrad(err + c)^p."""
@@ -124,17 +167,17 @@ class MFBCAgent(Agent):
         """MeanFlow loss || u_theta(x_s, s, t) - sg(v_cond + (t - s) du/ds) ||^2, tangent (v_cond, 1, 0)."""
         s, t, x_s, v = self.draw_points(actions)
         cond = full_precision(cond)  # bf16 under autocast; the JVP runs in fp32 (jvp_along_s)
-        u, target = meanflow_target(lambda x_, s_, t_: net(x_, s_, t_, cond)[0], x_s, s, t, v)
+        u, target = meanflow_target(self.average_velocity(net, cond), x_s, s, t, v)
         err = (u - target).pow(2).flatten(1).sum(1)  # (B,): summed over the chunk
         loss = self.weighted_mean(err)
         return loss, {'actor/meanflow_loss': loss.detach(), 'actor/meanflow_mse': err.detach().mean()}
 
     def sample_chunk(self, model, cond, z, generator):
         """Apply the learned flow map X_{s,t}(x) = x + (t - s) u(x, s, t) on a uniform grid from 0 to 1."""
-        net, steps = model['actor'], int(self.config.sample_steps)
+        u_fn, steps = self.average_velocity(model['actor'], cond), int(self.config.sample_steps)
         x = z
         for i in range(steps):
             s = torch.full((z.shape[0],), i / steps, device=z.device, dtype=z.dtype)
             t = torch.full((z.shape[0],), (i + 1) / steps, device=z.device, dtype=z.dtype)
-            x = x + (1.0 / steps) * net(x, s, t, cond)[0]
+            x = x + (1.0 / steps) * u_fn(x, s, t)
         return x.clamp(-1, 1)

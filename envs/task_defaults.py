@@ -29,7 +29,8 @@ _FBC_MLP = {'network_type': 'mlp', 'lr': 1e-3, 'action_steps': 4}
 _STATE = {
     'flags': {'offline_steps': 10000, 'eval_interval': 5000},  # 10k steps: ~5 min of training on one core
     'agent': {},
-    'agents': {'fbc': _FBC_MLP},
+    # MFBC / IMFBC: the same network and re-planning; their own lr default is 1e-3 already
+    'agents': {'fbc': _FBC_MLP, 'mfbc': _FBC_MLP, 'imfbc': _FBC_MLP},
 }
 
 TASK_DEFAULTS = {task: {'low_dim': copy.deepcopy(_STATE)} for task in ('lift', 'can', 'square')}
