@@ -10,6 +10,8 @@ never. `annotate_quaternions` marks those dims so the encoders feed rotation-mat
 
 import copy
 
+from utils.shape_meta import low_dim_keys
+
 # env name -> (length of `object`, start indices of its quaternions): robosuite 1.5's object-state layout
 OBJECT_QUATERNIONS = {
     'Lift': (10, (3,)),  # cube_pos, cube_quat, gripper_to_cube_pos
@@ -22,8 +24,8 @@ def annotate_quaternions(shape_meta: dict, env_name: str | None) -> dict:
     """A copy of shape_meta whose `object` entry lists its quaternions, when the env's layout is known and
     the length matches; otherwise shape_meta unchanged."""
     layout = OBJECT_QUATERNIONS.get(env_name)
-    meta = shape_meta['obs'].get('object')
-    if layout is None or meta is None or meta.get('type') != 'low_dim' or list(meta['shape']) != [layout[0]]:
+    if layout is None or 'object' not in low_dim_keys(shape_meta) \
+            or list(shape_meta['obs']['object']['shape']) != [layout[0]]:
         return shape_meta
     out = copy.deepcopy(shape_meta)
     out['obs']['object']['quaternions'] = list(layout[1])
