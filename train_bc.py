@@ -3,6 +3,7 @@
     python train_bc.py              # FBC on scripted Lift (state); data generated on first use
     python train_bc.py --env_name=lift-scripted-image --agent=agents/fbc_image.py
     python train_bc.py --agent=agents/fql.py --agent.alpha=100
+    python train_bc.py --env_name=can-mixed-low_dim --filter_key=better   # one mask's demos only
     python train_bc.py --resume=runs/<run_dir>           # continue exactly where a run stopped
     python train_bc.py --agent=agents/fql.py --offline_steps=10000 --online_steps=50000   # then online
     python train_bc.py --eval_only --checkpoint=runs/<run_dir>/checkpoints/best.pt
@@ -49,8 +50,10 @@ from utils.training import get_rng_state, load_checkpoint, resolve_decay_steps, 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string('env_name', 'lift-scripted-low_dim',
-                    'Env / dataset name: {task}-{ph|mh|mg|scripted}-{low_dim|image}.')
+                    'Env / dataset name: {task}-{ph|mh|mg|scripted|mixed}-{low_dim|image}.')
 flags.DEFINE_string('dataset_path', None, 'hdf5 file to use instead of searching $ROBOMIMIC_DATA_DIR.')
+flags.DEFINE_string('filter_key', None, "Train on one mask's demos only (robomimic's name), e.g. 'better' "
+                    "of a mixed file; validation: mask/<key>_valid if present, else the mask's valid demos.")
 config_flags.DEFINE_config_file('agent', 'agents/fbc.py', 'Agent config file (fields: --agent.x=...).',
                                 lock_config=False)
 flags.DEFINE_enum('obs_type', None, ['state', 'image'],
@@ -102,7 +105,8 @@ EXPERIMENT_FLAGS = ('env_name', 'dataset_path', 'offline_steps', 'online_steps',
                     'log_interval', 'eval_interval',
                     'save_interval', 'eval_episodes', 'eval_max_steps', 'eval_workers', 'eval_seed',
                     'video_episodes', 'video_failures', 'seed',
-                    'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device', 'prefetch_batches')
+                    'save_dir', 'run_group', 'wandb_project', 'wandb_mode', 'device', 'prefetch_batches',
+                    'filter_key')
 
 
 SHORTCUT_FLAGS = ('obs_type', 'network_type', 'obs_steps')  # --x is short for --agent.x
@@ -144,7 +148,8 @@ def new_run_dir(save_dir, run_group, name):
 def make_run_dir(run_flags, config):
     """A new run directory holding flags.json (experiment flags, agent config, code version)."""
     f = run_flags
-    name = f'{f["env_name"]}_{config.agent_name}_{config.get("network_type", "net")}_s{f["seed"]}'
+    data = f['env_name'] + (f'_{f["filter_key"]}' if f.get('filter_key') else '')
+    name = f'{data}_{config.agent_name}_{config.get("network_type", "net")}_s{f["seed"]}'
     run_dir = new_run_dir(f['save_dir'], f['run_group'], name)
     with open(os.path.join(run_dir, 'flags.json'), 'w') as fh:
         json.dump({**f, 'agent': config.to_dict(), 'code_version': git_version()}, fh, indent=2, default=str)
@@ -269,9 +274,12 @@ class Run:
             data = env_utils.make_env_and_datasets(
                 run_flags['env_name'], run_flags['dataset_path'], obs_type=config.obs_type,
                 obs_keys=config.get('obs_keys'), seed=run_flags['seed'], build_envs=False,
-                max_episode_steps=run_flags['eval_max_steps'],
+                max_episode_steps=run_flags['eval_max_steps'], filter_key=run_flags.get('filter_key'),
                 **({'storage': 'ram'} if online else {}))  # online episodes are appended in RAM
         _, _, self.train_ds, self.val_ds = data
+        if run_flags.get('filter_key'):
+            print(f'--filter_key={run_flags["filter_key"]}: {self.train_ds.num_episodes} train / '
+                  f'{0 if self.val_ds is None else self.val_ds.num_episodes} valid demos', file=sys.stderr)
         self.shape_meta = self.train_ds.shape_meta
         self.env_info = {  # what evaluation needs to rebuild the env, stored in every checkpoint
             'env_name': run_flags['env_name'],
@@ -906,6 +914,11 @@ def main(argv):
         run_flags['world_size'] = world  # processes (torchrun ranks); agent.batch_size is per process
         check_run_flags(run_flags)
         check_agent_config(config, run_flags)  # before any data is generated or loaded
+        try:
+            env_utils.check_filter_key(run_flags['env_name'], run_flags['dataset_path'],
+                                       run_flags['filter_key'])
+        except ValueError as e:
+            raise UserError(f'--filter_key: {e}') from None
         trainer = Run(run_flags, config)
     return trainer.train()
 

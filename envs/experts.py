@@ -19,6 +19,15 @@ Lift 50/50 (demo length mean 61, max 66), Can 30/30 (151, 178), Square 100/100 (
 timeout in those 180 demos (a Square approach whose wrist reached its joint limit). Before this design
 (fixed 10-15 step gripper waits, 60-step timeouts): Can 161/208 long with 14 timeouts in 30 demos,
 Square 88/100 with 73 timeouts.
+
+Operators of mixed skill (robomimic MH-like data, `--mixed`): an `Operator` drives an expert with a
+`Skill` (OPERATORS: 'better' = the expert, 'okay', 'worse'). It edits the expert's plan of phases once (a
+wrong approach first, a re-grasp, a drop and a new pick, pauses) and slows and perturbs its translation
+actions; the expert's state-ended phases then correct what the operator got wrong. The default Can file
+(`can-mixed-low_dim`: 300 demos, seed 0, 319 attempts for 300 successes within 400 steps) has demo lengths
+better 150 (133-171), okay 194 (151-262), worse 294 (166-400); mean |second difference| of the translation
+actions 0.019 / 0.108 / 0.186; okay demos with a re-grasp 26, a pause 68; worse demos with a wrong approach
+43, a drop 46, a re-grasp 13, a pause 81 (of 100 each).
 """
 
 from collections.abc import Callable
@@ -38,6 +47,8 @@ LEVEL_GAIN = 1.0  # rotation action per rad of gripper tilt from vertical
 START_SPEED, RAMP = 0.3, 20.0  # a phase starts at |action| <= 0.3, +0.2 per cm moved since it began
 FINGER_REST = 5e-4  # m per step: fingers moving less than this have closed on the object
 RELEASE_GAP = 0.012  # m the fingers open by before the object counts as let go
+NOISE_FLOOR = 0.05  # an operator's translation noise scales with NOISE_FLOOR + |expert translation action|
+MISS_DZ = 0.03  # m, a wrong approach closes this much higher than a grasp
 
 
 class Phase(NamedTuple):
@@ -74,6 +85,7 @@ class WaypointExpert:
     GRASP_DZ = 0.0  # m, eef target relative to the grasp point when closing
     ABOVE_TOL, DESCEND_TOL = 0.015, 0.01  # m
     LIFT_SPEED = 1.0
+    DROP_DZ = (0.04, 0.1)  # m lifted before an operator's drop (uniform range; Operator)
     LEVEL = False  # keep the gripper pointing straight down (see level_action)
 
     def __init__(self, env, strategy=0):
@@ -123,16 +135,56 @@ class WaypointExpert:
                 Phase('close', self.hold, CLOSE, 1.0, done=self.fingers_rest),  # no wait once they rest
                 Phase('up', up, CLOSE, 0.02, self.LIFT_SPEED)]
 
-    def release_phases(self, retreat_dz=0.1):
-        """Open where the eef is until the fingers have let go, then move straight up by retreat_dz."""
+    def open_phase(self, name):
+        """Open where the eef is until the fingers have let go (whatever they held)."""
         def let_go():
             return self.finger_gap() > self.gap_at_start + RELEASE_GAP
 
+        return Phase(name, self.hold, OPEN, 1.0, done=let_go)
+
+    def rise_phase(self, name, after, dz, gripper):
+        """Move straight up by dz from where phase `after` began."""
+        return Phase(name, lambda: self.start_of(after) + np.array([0.0, 0.0, dz]), gripper, 0.01)
+
+    def release_phases(self, retreat_dz=0.1):
+        """Open where the eef is until the fingers have let go, then move straight up by retreat_dz."""
         def retreat():
             return self.start_of('release') + np.array([0.0, 0.0, retreat_dz])
 
-        return [Phase('release', self.hold, OPEN, 1.0, done=let_go),
-                Phase('retreat', retreat, OPEN, 0.0)]
+        return [self.open_phase('release'), Phase('retreat', retreat, OPEN, 0.0)]
+
+    # --- what a less skilled operator adds to the plan (see Operator) ----------------------------------
+    def regrasp_phases(self):
+        """Let the grasp go, rise a little and redo above / descend / close (inserted after 'close')."""
+        return [self.open_phase('regrasp_open'), self.rise_phase('regrasp_rise', 'regrasp_open', 0.03, OPEN),
+                *self.pick_phases()[1:4]]
+
+    def drop_phases(self, dz):
+        """Lift by dz, open (the object falls), rise, pick it up again (inserted before 'up')."""
+        return [self.rise_phase('lift_part', 'close', dz, CLOSE), self.open_phase('drop'),
+                self.rise_phase('drop_rise', 'drop', 0.04, OPEN), *self.pick_phases()[1:4]]
+
+    def miss_phases(self, offset):
+        """A wrong approach: descend `offset` (m, horizontal) beside the grasp point, close on nothing, open,
+        rise (inserted at the start; the plan then approaches as the expert does)."""
+        def wrong(dz):
+            return lambda: self.grasp_point() + np.array([offset[0], offset[1], dz])
+
+        return [Phase('miss_above', wrong(self.ABOVE_HEIGHT), OPEN, 0.02),
+                Phase('miss_descend', wrong(self.GRASP_DZ + MISS_DZ), OPEN, 0.015),
+                Phase('miss_close', self.hold, CLOSE, 1.0, done=self.fingers_rest),
+                Phase('miss_open', self.hold, OPEN, 1.0, done=self.fingers_rest),
+                self.rise_phase('miss_rise', 'miss_open', self.ABOVE_HEIGHT, OPEN)]
+
+    def pause_phase(self, steps, gripper):
+        """Stay where the eef is for `steps` steps, the gripper command unchanged (a hesitation)."""
+        return Phase('pause', self.hold, gripper, 1.0, done=lambda: self.phase_steps >= steps)
+
+    def replan(self, phases):
+        """Follow `phases` from their start instead (before the first act)."""
+        self.phases = list(phases)
+        self.phase = self.phase_steps = 0
+        self.starts = {self.phases[0].name: self.eef_pos()}
 
     # --- state ------------------------------------------------------------------------------------------
     def eef_pos(self):
@@ -227,6 +279,7 @@ class LiftExpert(WaypointExpert):
 
     GRASP_DZ = -0.005
     DESCEND_TOL = 0.008
+    DROP_DZ = (0.005, 0.012)  # the cube counts as lifted 2 cm up: a drop must come before
 
     def grasp_point(self):
         """Cube position."""
@@ -367,3 +420,85 @@ class SquareExpert(WaypointExpert):
 
 
 EXPERTS = {'lift': LiftExpert, 'can': CanExpert, 'square': SquareExpert}
+
+
+# --- operators of mixed skill (robomimic MH-like data) -------------------------------------------------
+OPERATOR_VERSION = 1  # bumped whenever OPERATORS or Operator change; mixed files record it
+
+
+class Skill(NamedTuple):
+    """How an operator departs from the expert; the all-default Skill() is the expert itself."""
+
+    speed: float = 1.0  # cap on |translation action| per axis (< 1: slower in transit, as precise at targets)
+    noise: float = 0.0  # std of the translation noise per unit of commanded motion (AR(1) in time; Operator)
+    noise_corr: float = 0.7  # AR(1) coefficient of that noise from one step to the next
+    pause: float = 0.0  # probability of a pause (hesitation) before each phase
+    pause_steps: tuple = (5, 20)  # uniform range of a pause's length, steps
+    regrasp: float = 0.0  # probability that the first grasp is let go and redone
+    miss: float = 0.0  # probability of a wrong approach first (Operator)
+    miss_offset: tuple = (0.04, 0.07)  # m, uniform range of how far beside the grasp point it goes
+    drop: float = 0.0  # probability of dropping the object once while lifting it, then picking it up again
+
+
+# The three groups of robomimic's MH datasets ('better', 'okay', 'worse' operators).
+OPERATORS = {
+    'better': Skill(),
+    'okay': Skill(speed=0.7, noise=0.15, pause=0.15, pause_steps=(5, 15), regrasp=0.3),
+    'worse': Skill(speed=0.6, noise=0.3, pause=0.15, pause_steps=(5, 15), regrasp=0.2, miss=0.5, drop=0.5),
+}
+
+
+class Operator:
+    """A task's expert driven by an operator of a given Skill; one instance per episode.
+
+    The skill edits the expert's plan once, before the first step: a wrong approach first (descend beside
+    the object, close on nothing, open, rise), a re-grasp after the first grasp, a drop while lifting followed
+    by a new pick, pauses between phases. Every step it slows and perturbs the expert's translation action;
+    the expert's feedback (its phases end on the observed state) then corrects what the operator got wrong.
+    Every random draw comes from `rng`, so an episode is a function of its reset seed and rng seed.
+    """
+
+    def __init__(self, expert, skill, rng):
+        self.expert, self.skill, self.rng = expert, skill, rng
+        self.noise = np.zeros(3)
+        self.events = []  # what this episode's operator did differently ('miss', 'regrasp', 'drop', 'pause')
+        expert.replan(self._edit(list(expert.phases)))
+
+    def _edit(self, plan):
+        """The expert's plan with this episode's events inserted (all drawn here, in a fixed order)."""
+        e, s, rng = self.expert, self.skill, self.rng
+        names = [ph.name for ph in plan]
+        if rng.random() < s.regrasp:
+            i = names.index('close') + 1
+            plan[i:i] = e.regrasp_phases()
+            self.events.append('regrasp')
+        dz = rng.uniform(*e.DROP_DZ)
+        if rng.random() < s.drop:
+            i = [ph.name for ph in plan].index('up')
+            plan[i:i] = e.drop_phases(dz)
+            self.events.append('drop')
+        angle, dist = rng.uniform(0.0, 2 * np.pi), rng.uniform(*s.miss_offset)
+        if rng.random() < s.miss:
+            plan[0:0] = e.miss_phases(dist * np.array([np.cos(angle), np.sin(angle)]))
+            self.events.append('miss')
+        out = [plan[0]]
+        for ph in plan[1:]:
+            if rng.random() < s.pause:
+                out.append(e.pause_phase(int(rng.integers(s.pause_steps[0], s.pause_steps[1] + 1)),
+                                         out[-1].gripper))
+                self.events.append('pause')
+            out.append(ph)
+        return out
+
+    def act(self):
+        """Next 7-D action in [-1, 1]: the expert's, slowed and perturbed in translation."""
+        action = self.expert.act()
+        s = self.skill
+        if s.noise > 0:
+            white = self.rng.standard_normal(3)
+            self.noise = s.noise_corr * self.noise + np.sqrt(1 - s.noise_corr ** 2) * s.noise * white
+        # Signal-dependent noise (as in human reaching): large while moving fast, small when fine-positioning,
+        # so the noisy operator still converges to the expert's tolerances.
+        scale = NOISE_FLOOR + np.linalg.norm(action[:3])
+        action[:3] = np.clip(np.clip(action[:3], -s.speed, s.speed) + scale * self.noise, -1.0, 1.0)
+        return action

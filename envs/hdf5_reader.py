@@ -5,6 +5,8 @@ Public API:
     read_env_meta(path) -> {'env_args', 'render_quality', 'source_file'}
     read_shape_meta(path, obs_keys, action_key) -> shape_meta (docs/ARCHITECTURE.md)
     read_robomimic(path, obs_keys, ...) -> RobomimicData   every demo, concatenated in demo-suffix order
+    list_masks(path) -> list[str]                    mask names (train, valid, better, ...)
+    check_filter_key(path, key)                      error naming the file's masks unless key is one
 
 Images (`*_image` keys, uint8 H x W x 3 in the file) come out as uint8 (N, 3, H, W), transposed once here.
 If they fit in `ram_budget_gb` they are held in RAM; otherwise they are copied once to `<file>.cache/`
@@ -252,18 +254,58 @@ def read_shape_meta(path, obs_keys, action_key='actions') -> dict:
         return _shape_meta(demo, obs_keys, action_key)
 
 
-def _split(path, f, demo_names, valid_fraction, seed):
-    """Episode indices for train and valid: mask/train + mask/valid when present, else a seeded split."""
+def _mask_names(f) -> list:
+    """Names of the masks (mask/<name> datasets) of an open file, sorted."""
+    if 'mask' not in f or not isinstance(f['mask'], h5py.Group):
+        return []
+    return sorted(k for k in f['mask'] if isinstance(f['mask'][k], h5py.Dataset))
+
+
+def list_masks(path) -> list:
+    """Names of a robomimic file's masks (mask/train, mask/better, ...), sorted; [] when it has none."""
+    with _open(path) as f:
+        return _mask_names(f)
+
+
+def check_filter_key(path, filter_key, masks=None):
+    """Raise a RobomimicFileError naming the file's masks unless `filter_key` is one of them."""
+    masks = list_masks(path) if masks is None else masks
+    if filter_key not in masks:
+        listed = ', '.join(masks) if masks else 'none'
+        raise RobomimicFileError(f'{path}: filter_key={filter_key!r} is not a mask of this file; its masks: '
+                                 f'{listed}')
+
+
+def _split(path, f, demo_names, valid_fraction, seed, filter_key=None):
+    """Episode indices for train and valid: mask/train + mask/valid when present, else a seeded split.
+
+    With `filter_key` only that mask's demos are used: mask/<key>_train + mask/<key>_valid when the file has
+    both (robomimic's MH files), else the mask's demos that fall in the train / valid split above."""
     index = {name: i for i, name in enumerate(demo_names)}
-    if 'mask' in f and 'train' in f['mask']:
-        def episodes(mask_key):
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in _read(path, f['mask'][mask_key])]
-            missing = [n for n in names if n not in index]
-            if missing:
-                raise RobomimicFileError(f'{path}: mask/{mask_key} names demos not in data: {missing[:5]}')
-            return np.array(sorted(index[n] for n in names), dtype=np.int64)
+
+    def episodes(mask_key):
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in _read(path, f['mask'][mask_key])]
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise RobomimicFileError(f'{path}: mask/{mask_key} names demos not in data: {missing[:5]}')
+        return np.array(sorted(index[n] for n in names), dtype=np.int64)
+
+    masks = _mask_names(f)
+    if filter_key is not None:
+        check_filter_key(path, filter_key, masks)
+        if f'{filter_key}_train' in masks and f'{filter_key}_valid' in masks:
+            train, valid = episodes(f'{filter_key}_train'), episodes(f'{filter_key}_valid')
+        else:
+            train, valid = _split(path, f, demo_names, valid_fraction, seed)
+            keep = episodes(filter_key)
+            train, valid = np.intersect1d(train, keep), np.intersect1d(valid, keep)
+        if train.size == 0:
+            raise RobomimicFileError(f'{path}: filter_key={filter_key!r} leaves no training demos '
+                                     f'(mask/{filter_key} has {episodes(filter_key).size} demos)')
+        return train, valid
+    if 'train' in masks:
         train = episodes('train')
-        if 'valid' in f['mask']:
+        if 'valid' in masks:
             valid = episodes('valid')
         else:
             valid = np.setdiff1d(np.arange(len(demo_names)), train)
@@ -341,8 +383,10 @@ def _build_cache_key(path, data, demo_names, key, shape, total, out_file, chunk)
 
 
 def read_robomimic(path, obs_keys, action_key='actions', ram_budget_gb=4.0, storage='auto', cache_dir=None,
-                   valid_fraction=0.1, seed=0, chunk_frames=256) -> RobomimicData:
-    """Read and validate every demo of a robomimic file; images go to RAM or to the on-disk cache."""
+                   valid_fraction=0.1, seed=0, chunk_frames=256, filter_key=None) -> RobomimicData:
+    """Read and validate every demo of a robomimic file; images go to RAM or to the on-disk cache.
+
+    `filter_key` (a mask name, robomimic's term) restricts train / valid episodes to that mask (`_split`)."""
     if storage not in ('auto', 'ram', 'cache'):
         raise ValueError(f"storage={storage!r}; valid: 'auto', 'ram', 'cache'")
     path = Path(path)
@@ -350,6 +394,8 @@ def read_robomimic(path, obs_keys, action_key='actions', ram_budget_gb=4.0, stor
     if not obs_keys:
         raise ValueError(f'{path}: obs_keys is empty')
     with _open(path) as f:
+        if filter_key is not None:  # before any data is read
+            check_filter_key(path, filter_key, _mask_names(f))
         data = _data_group(path, f)
         demo_names = _sorted_demo_names(path, data)
         lengths = np.array([_check_demo(path, data[n], obs_keys, action_key) for n in demo_names],
@@ -403,7 +449,7 @@ def read_robomimic(path, obs_keys, action_key='actions', ram_budget_gb=4.0, stor
                     meta['keys'][key] = entry
                     _write_meta(cache, meta)
                 obs[key] = DiskArray(cache / entry['file'])
-        train, valid = _split(path, f, demo_names, valid_fraction, seed)
+        train, valid = _split(path, f, demo_names, valid_fraction, seed, filter_key)
         env_meta = _env_meta(path, data)
     return RobomimicData(path=path, demo_names=demo_names, starts=starts, lengths=lengths, obs=obs,
                          actions=actions, rewards=rewards, dones=dones, train_episodes=train,

@@ -4,10 +4,11 @@ Public API:
     parse_env_name(name) -> EnvName            'lift-ph-image' -> EnvName('lift', 'ph', 'image')
     max_episode_steps(name_or_record) -> int    400 / 500 / 700, per task and data type
     get_dataset_path(name, dataset_path=None)   the hdf5 under $ROBOMIMIC_DATA_DIR (default ~/.robomimic)
-    scripted_dataset_path(task, obs_type)       where envs.generate_demos writes its files
+    scripted_dataset_path(task, obs_type, t)    where envs.generate_demos writes its files (scripted | mixed)
     default_obs_keys(obs_type, available_keys)  the obs keys a model reads by default
     resolve_obs_type(name, requested, obs_keys) 'state' | 'image' from the data; a contradiction raises
     read_env_meta(path) / read_shape_meta(...)  see envs/hdf5_reader.py (re-exported here)
+    list_masks(path) / check_filter_key(...)    mask names; a bad filter_key names the file's masks
 
     load_datasets(path, obs_type, ...) -> (train, valid)   utils.datasets.Dataset objects over the file
 
@@ -23,6 +24,8 @@ from pathlib import Path
 from envs.hdf5_reader import (  # noqa: F401  (re-exported: the public reading API)
     RobomimicData,
     RobomimicFileError,
+    check_filter_key,
+    list_masks,
     list_obs_keys,
     read_env_meta,
     read_robomimic,
@@ -33,7 +36,8 @@ from utils.datasets import Dataset, Storage
 from utils.shape_meta import canonical_obs_type, is_rgb_key, obs_type_of_keys
 
 TASKS = ('lift', 'can', 'square', 'transport', 'tool_hang')
-DATASET_TYPES = ('ph', 'mh', 'mg', 'scripted')
+DATASET_TYPES = ('ph', 'mh', 'mg', 'scripted', 'mixed')
+GENERATED_TYPES = ('scripted', 'mixed')  # written by envs.generate_demos (generated on first use)
 OBS_TYPES = ('low_dim', 'image')
 
 # Candidate file names inside <data_dir>/<task>/<type>/, most specific first.
@@ -48,7 +52,7 @@ _NAME_RE = re.compile(r'^(?P<task>[a-z_]+)-(?P<type>[a-z]+)-(?P<obs>low_dim|imag
 
 @dataclasses.dataclass(frozen=True)
 class EnvName:
-    """A parsed `{task}-{ph|mh|mg|scripted}-{low_dim|image}` environment name."""
+    """A parsed `{task}-{ph|mh|mg|scripted|mixed}-{low_dim|image}` environment name."""
 
     task: str
     dataset_type: str
@@ -63,6 +67,11 @@ class EnvName:
     def policy_obs_type(self) -> str:
         """The agent config's obs_type for this name: 'image' or 'state' (for 'low_dim')."""
         return canonical_obs_type(self.obs_type)
+
+    @property
+    def is_generated(self) -> bool:
+        """True for the types envs.generate_demos writes (scripted, mixed)."""
+        return self.dataset_type in GENERATED_TYPES
 
     def __str__(self) -> str:
         return f'{self.task}-{self.dataset_type}-{self.obs_type}'
@@ -86,7 +95,7 @@ def parse_env_name(name: str | EnvName) -> EnvName:
 
 
 def max_episode_steps(name: str | EnvName) -> int:
-    """Evaluation step limit: lift/can/square 400 (500 for mh); transport and tool_hang 700."""
+    """Evaluation step limit: lift/can/square 400 (mh 500; mixed as scripted); transport, tool_hang 700."""
     parsed = parse_env_name(name)
     if parsed.task in ('transport', 'tool_hang'):
         return 700
@@ -98,20 +107,22 @@ def data_dir() -> Path:
     return Path(os.environ.get('ROBOMIMIC_DATA_DIR', '~/.robomimic')).expanduser()
 
 
-def scripted_dataset_path(task: str, obs_type: str) -> Path:
-    """Path of a scripted-demo file: <data_dir>/<task>/scripted/<low_dim|image>.hdf5."""
+def scripted_dataset_path(task: str, obs_type: str, dataset_type: str = 'scripted') -> Path:
+    """Path of a generated file: <data_dir>/<task>/<scripted|mixed>/<low_dim|image>.hdf5."""
     if task not in TASKS:
         raise ValueError(f'unknown task {task!r}; valid: {list(TASKS)}')
     if obs_type not in OBS_TYPES:
         raise ValueError(f'unknown obs_type {obs_type!r}; valid: {list(OBS_TYPES)}')
-    return data_dir() / task / 'scripted' / f'{obs_type}.hdf5'
+    if dataset_type not in GENERATED_TYPES:
+        raise ValueError(f'dataset_type {dataset_type!r} is not generated; valid: {list(GENERATED_TYPES)}')
+    return data_dir() / task / dataset_type / f'{obs_type}.hdf5'
 
 
 def candidate_paths(name: str | EnvName) -> list[Path]:
     """Every path `get_dataset_path` tries for an env name, in order."""
     parsed = parse_env_name(name)
-    if parsed.dataset_type == 'scripted':
-        return [scripted_dataset_path(parsed.task, parsed.obs_type)]
+    if parsed.is_generated:
+        return [scripted_dataset_path(parsed.task, parsed.obs_type, parsed.dataset_type)]
     folder = data_dir() / parsed.task / parsed.dataset_type
     # A low_dim run can read the low_dim keys of an image file too, so it tries image files last.
     names = (_IMAGE_FILE_NAMES if parsed.is_image
@@ -135,10 +146,12 @@ def get_dataset_path(name: str | EnvName, dataset_path: str | os.PathLike | None
     states_hint = ', '.join(_STATES_FILE_NAMES)
     lines = [f'no dataset file for {str(parsed)!r}. Tried:']
     lines += [f'  {p}' for p in tried]
+    mixed = parsed.dataset_type == 'mixed'
+    generated = scripted_dataset_path(parsed.task, parsed.obs_type, 'mixed' if mixed else 'scripted')
     lines += [
         'Ways to get one:',
         f'  - scripted demos (no download): python -m envs.generate_demos --task {parsed.task} '
-        f'--obs {parsed.obs_type}   (writes {scripted_dataset_path(parsed.task, parsed.obs_type)})',
+        f'--obs {parsed.obs_type}{" --mixed" if mixed else ""}   (writes {generated})',
         f'  - robomimic: python -m robomimic.scripts.download_datasets --tasks {parsed.task} '
         f'--dataset_types {parsed.dataset_type} --hdf5_types raw, which gives {states_hint} in {folder}; '
         f'then render observations with: python -m envs.convert_states_to_obs --input <that file> '
@@ -180,11 +193,13 @@ def resolve_obs_type(env_name: str | EnvName, requested: str | None = None, obs_
 
 
 def load_datasets(path, obs_type: str, obs_keys=None, action_key: str = 'actions', ram_budget_gb: float = 4.0,
-                  seed: int = 0, valid_fraction: float = 0.1, storage: str = 'auto', cache_dir=None):
+                  seed: int = 0, valid_fraction: float = 0.1, storage: str = 'auto', cache_dir=None,
+                  filter_key: str | None = None):
     """Read a robomimic hdf5 into (train, valid) Datasets; valid is None when no episode is held out.
 
     Train and valid share the file's storage and differ in episodes (mask/train + mask/valid, else a seeded
-    split of `valid_fraction`)."""
+    split of `valid_fraction`). `filter_key` keeps one mask's demos only (robomimic's name): its
+    mask/<key>_train and mask/<key>_valid when the file has them, else its demos in each split."""
     if obs_keys is None:
         available = list_obs_keys(path)
         obs_keys = default_obs_keys(obs_type, available)
@@ -197,7 +212,8 @@ def load_datasets(path, obs_type: str, obs_keys=None, action_key: str = 'actions
     else:
         default_obs_keys(obs_type, [])   # validates obs_type
     data = read_robomimic(path, obs_keys, action_key=action_key, ram_budget_gb=ram_budget_gb, storage=storage,
-                          cache_dir=cache_dir, valid_fraction=valid_fraction, seed=seed)
+                          cache_dir=cache_dir, valid_fraction=valid_fraction, seed=seed,
+                          filter_key=filter_key)
     store = Storage(data.obs, data.actions, data.rewards, data.dones)
     shape_meta = annotate_quaternions(data.shape_meta, data.env_meta.get('env_args', {}).get('env_name'))
 

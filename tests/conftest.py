@@ -32,3 +32,15 @@ def lift_state_file(tmp_path_factory):
     from envs.generate_demos import generate_demos
     path = tmp_path_factory.mktemp('scripted') / 'lift_low_dim.hdf5'
     return generate_demos('lift', NUM_DEMOS, 'low_dim', path, seed=0, workers=1, progress=False)
+
+
+# Mixed-quality Lift: 4 demos per operator group, enough to compare the groups (about 40 s).
+MIXED_DEMOS = 12
+
+
+@pytest.fixture(scope='session')
+def lift_mixed_file(tmp_path_factory):
+    """A mixed-quality Lift low-dim file (4 better, 4 okay, 4 worse demos); do not modify it."""
+    from envs.generate_demos import generate_demos
+    path = tmp_path_factory.mktemp('mixed') / 'lift_mixed_low_dim.hdf5'
+    return generate_demos('lift', MIXED_DEMOS, 'low_dim', path, seed=0, workers=1, mixed=True, progress=False)

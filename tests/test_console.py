@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = '''
 import logging
@@ -29,10 +31,11 @@ def test_robosuite_start_up_is_quiet_but_errors_show():
     assert 'a real error stays visible' in proc.stderr
 
 
-def test_sigterm_during_demo_generation_leaves_no_temporary_file(tmp_path):
+@pytest.mark.parametrize('kind', [[], ['--mixed']], ids=['scripted', 'mixed'])
+def test_sigterm_during_demo_generation_leaves_no_temporary_file(kind, tmp_path):
     out = tmp_path / 'lift.hdf5'
     cmd = [sys.executable, '-m', 'envs.generate_demos', '--task=lift', '--num_demos=200', '--obs=low_dim',
-           f'--out={out}']
+           f'--out={out}', *kind]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not list(tmp_path.glob('.lift.hdf5.tmp-*')):

@@ -231,3 +231,77 @@ def test_explicit_obs_keys_and_json_shape_meta(tmp_path):
     train, _ = load_datasets(path, 'image', obs_keys=['agentview_image', 'object'], valid_fraction=0.0)
     assert list(train.shape_meta['obs']) == ['agentview_image', 'object']
     assert json.loads(json.dumps(train.shape_meta)) == train.shape_meta   # plain JSON-able
+
+
+def test_mixed_env_names_resolve_like_scripted(tmp_path, monkeypatch):
+    """`{task}-mixed-{obs}` parses, lives in <data_dir>/<task>/mixed/, has scripted's step limit, recipe."""
+    from envs.task_defaults import task_defaults
+
+    monkeypatch.setenv('ROBOMIMIC_DATA_DIR', str(tmp_path))
+    parsed = parse_env_name('can-mixed-low_dim')
+    assert parsed == EnvName('can', 'mixed', 'low_dim') and parsed.is_generated
+    assert not parse_env_name('can-mh-low_dim').is_generated
+    assert candidate_paths('can-mixed-low_dim') == [tmp_path / 'can' / 'mixed' / 'low_dim.hdf5']
+    assert scripted_dataset_path('lift', 'image', 'mixed') == tmp_path / 'lift' / 'mixed' / 'image.hdf5'
+    with pytest.raises(ValueError, match="'mh' is not generated"):
+        scripted_dataset_path('lift', 'image', 'mh')
+    assert max_episode_steps('can-mixed-low_dim') == max_episode_steps('can-scripted-low_dim') == 400
+    for task in ('lift', 'can', 'square'):   # the recipe is keyed by task and obs type, not by data type
+        mixed, scripted = parse_env_name(f'{task}-mixed-low_dim'), parse_env_name(f'{task}-scripted-low_dim')
+        assert task_defaults(mixed.task, mixed.obs_type, 'fbc') == task_defaults(scripted.task,
+                                                                                 scripted.obs_type, 'fbc')
+    with pytest.raises(FileNotFoundError, match='--mixed'):   # the hint names the generator's flag
+        get_dataset_path('can-mixed-low_dim')
+
+
+def _grouped_file(tmp_path, extra_masks=None):
+    """8 synthetic demos (ids 0..7): better 0-3, worse 4-7; train/valid split 1 valid per group."""
+    masks = {'train': [0, 1, 2, 4, 5, 6], 'valid': [3, 7], 'better': [0, 1, 2, 3], 'worse': [4, 5, 6, 7],
+             **(extra_masks or {})}
+    return write_robomimic_file(tmp_path / 'grouped.hdf5', lengths=[3] * 8, cameras=(), masks=masks)
+
+
+def test_filter_key_selects_exactly_the_masks_demos(tmp_path):
+    """--filter_key=K: train = K's demos in mask/train, valid = K's in mask/valid; none from elsewhere."""
+    from envs.hdf5_reader import list_masks
+
+    path = _grouped_file(tmp_path)
+    assert list_masks(path) == ['better', 'train', 'valid', 'worse']
+    for key, train, valid in (('better', [0, 1, 2], [3]), ('worse', [4, 5, 6], [7])):
+        data = read_robomimic(path, ['object'], filter_key=key)
+        assert data.train_episodes.tolist() == train and data.valid_episodes.tolist() == valid
+        train_ds, valid_ds = load_datasets(path, 'state', filter_key=key)
+        assert (train_ds.num_episodes, valid_ds.num_episodes) == (3, 1)
+        # the sampled windows come from the mask's demos only (observations encode the demo id)
+        batch = train_ds.sample_sequence(256, 2)
+        ids = set((batch['observations']['object'][:, 0, 0] // 1000).astype(int).tolist())
+        assert ids == set(train)
+        # the normalizer is fitted on the selected demos only
+        assert train_ds.normalizer_stats()['object']['min'][0] == encode(train[0], 0)
+    whole = read_robomimic(path, ['object'])
+    assert whole.train_episodes.tolist() == [0, 1, 2, 4, 5, 6]
+
+
+def test_filter_key_prefers_its_own_train_valid_masks(tmp_path):
+    """A file with mask/<key>_train and mask/<key>_valid (robomimic's MH files) uses those for the split."""
+    path = _grouped_file(tmp_path, {'better_train': [1, 2, 3], 'better_valid': [0]})
+    data = read_robomimic(path, ['object'], filter_key='better')
+    assert data.train_episodes.tolist() == [1, 2, 3] and data.valid_episodes.tolist() == [0]
+
+
+def test_bad_filter_key_names_the_files_masks(tmp_path):
+    from envs.hdf5_reader import check_filter_key
+
+    path = _grouped_file(tmp_path)
+    with pytest.raises(RobomimicFileError, match=r"filter_key='best' .* masks: better, train, valid, worse"):
+        read_robomimic(path, ['object'], filter_key='best')
+    with pytest.raises(RobomimicFileError, match='masks: better'):
+        check_filter_key(path, 'okay')
+    check_filter_key(path, 'worse')  # a mask of the file passes
+    bare = write_robomimic_file(tmp_path / 'bare.hdf5', lengths=(3, 3), cameras=())
+    with pytest.raises(RobomimicFileError, match='masks: none'):
+        load_datasets(bare, 'state', filter_key='better')
+    (tmp_path / 'lonely').mkdir()
+    empty_train = _grouped_file(tmp_path / 'lonely', {'lonely': [3]})
+    with pytest.raises(RobomimicFileError, match='leaves no training demos'):
+        read_robomimic(empty_train, ['object'], filter_key='lonely')   # its only demo is a valid one

@@ -246,7 +246,38 @@ def test_the_can_recipe_a_user_gets(extra, applied, lift_state_file, tmp_path):
         assert saved['agent']['lr'] == (3e-4 if extra else 1e-3) and saved['agent']['action_steps'] == 4
 
 
+def test_filter_key_trains_on_one_mask_and_mixed_names_get_the_task_recipe(lift_mixed_file, tmp_path):
+    """--filter_key=better trains on mask/better's demos only (its train / valid demos), is recorded in
+    flags.json and the run name; a mixed env name gets the same task recipe as the scripted one."""
+    import h5py
+
+    proc = run_cli(['--env_name=can-mixed-low_dim', f'--dataset_path={lift_mixed_file}',
+                    '--filter_key=better', '--offline_steps=1', '--eval_episodes=0', '--agent.batch_size=4',
+                    '--wandb_mode=disabled'], tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    saved = json.load(open(os.path.join(run_dir, 'flags.json')))
+    assert saved['filter_key'] == 'better' and '_better_' in os.path.basename(run_dir)
+    assert saved['task_defaults'] == {'eval_interval': 5000, 'agent.network_type': 'mlp', 'agent.lr': 1e-3,
+                                      'agent.action_steps': 4}
+    with h5py.File(lift_mixed_file, 'r') as f:
+        better, train, valid = ({x.decode() for x in f[f'mask/{k}'][()]}
+                                for k in ('better', 'train', 'valid'))
+    counts = f'{len(better & train)} train / {len(better & valid)} valid demos'
+    assert f'--filter_key=better: {counts}' in proc.stderr
+
+
+def test_bad_filter_key_lists_the_files_masks(lift_mixed_file, tmp_path):
+    proc = run_cli([f'--dataset_path={lift_mixed_file}', '--filter_key=best', '--offline_steps=1',
+                    '--eval_episodes=0', '--wandb_mode=disabled'], tmp_path, check=False)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert ("filter_key='best' is not a mask of this file; its masks: better, okay, okay_better, train, "
+            'valid, worse, worse_better, worse_okay') in proc.stderr
+    assert not run_dirs(tmp_path)
+
+
 @pytest.mark.parametrize('args, message', [
+    (['--filter_key=better'], 'has masks train, valid'),  # a scripted file has no operator groups
+    (['--env_name=can-mixed-low_dim', '--filter_key=best'], 'has masks train, valid, better, okay, worse'),
     (['--agent.horizon_length=0'], 'horizon_length'),
     (['--network_type=cnn'], 'cnn'),
     (['--agent.action_steps=32'], 'action_steps'),
