@@ -4,8 +4,10 @@ end-to-end train_bc.py tests (not a test module)."""
 import csv
 import glob
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -109,3 +111,36 @@ def assert_same_train_log(full, resumed):
         for key in ra:
             if key != 'steps_per_s':
                 assert ra[key] == rb[key], (ra['step'], key)
+
+
+def hdf5_contents(path):
+    """Every dataset and attribute of an hdf5 file, as {name: value}."""
+    import h5py  # here: most test modules never read a file
+
+    out = {}
+    with h5py.File(path, 'r') as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[()]
+            for k, v in obj.attrs.items():
+                out[f'{name}@{k}'] = v
+        f.visititems(visit)
+        for k, v in f['data'].attrs.items():
+            out[f'data@{k}'] = v
+    return out
+
+
+def sigterm_once(proc, save_dir, pattern, what, timeout=180):
+    """SIGTERM a running train_bc.py once a file matching save_dir/*/*/<pattern> exists; check it stopped
+    with 128 + SIGTERM and printed its --resume line without a traceback. Returns (run dir, stderr)."""
+    deadline = time.time() + timeout
+    while not glob.glob(os.path.join(str(save_dir), '*', '*', pattern)):
+        assert proc.poll() is None, f'run ended before {what}:\n{proc.stderr.read()[-3000:]}'
+        assert time.time() < deadline, f'no {what} within {timeout} s'
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    (stopped,) = run_dirs(save_dir)
+    assert f'--resume={stopped}' in err and 'Traceback' not in err
+    return stopped, err

@@ -10,6 +10,7 @@ import pytest
 from envs.convert_states_to_obs import convert_states_to_obs
 from envs.generate_demos import env_spec, generate_demos, run_episode
 from envs.robosuite_env import RobosuiteEnv, is_flat_controller_config
+from tests.helpers import hdf5_contents
 
 IMAGE_CAMERAS = ('agentview', 'robot0_eye_in_hand')
 IMAGE_KEYS = tuple(f'{c}_image' for c in IMAGE_CAMERAS)
@@ -21,19 +22,6 @@ def _digest(path):
     return hashlib.sha256(open(path, 'rb').read()).hexdigest()
 
 
-def _contents(path):
-    """Every dataset and attribute of an hdf5 file, as {name: value}."""
-    out = {}
-    with h5py.File(path, 'r') as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = obj[()]
-            for k, v in obj.attrs.items():
-                out[f'{name}@{k}'] = v
-        f.visititems(visit)
-        for k, v in f['data'].attrs.items():
-            out[f'data@{k}'] = v
-    return out
 
 
 def test_image_file_has_robomimic_layout(lift_image_file):
@@ -95,7 +83,7 @@ def test_bad_arguments_are_refused(tmp_path):
 def test_deterministic_across_worker_counts(lift_state_file, tmp_path):
     """Same seed, 1 or 2 worker processes: the same file content."""
     path = generate_demos('lift', 3, 'low_dim', tmp_path / 'w2.hdf5', seed=0, workers=2, progress=False)
-    a, b = _contents(lift_state_file), _contents(path)
+    a, b = hdf5_contents(lift_state_file), hdf5_contents(path)
     assert sorted(a) == sorted(b)
     for key in a:
         np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)

@@ -10,6 +10,7 @@ from envs import generate_demos as gd
 from envs.experts import EXPERTS, OPERATORS, Operator, Skill
 from envs.generate_demos import Recipe, demo_slot, env_spec, generate_demos, operator_groups
 from envs.robosuite_env import RobosuiteEnv
+from tests.helpers import hdf5_contents
 
 GROUPS = ('better', 'okay', 'worse')
 
@@ -18,19 +19,6 @@ def _names(f, mask):
     return [x.decode() for x in f[f'mask/{mask}'][()]]
 
 
-def _contents(path):
-    """Every dataset and attribute of an hdf5 file, as {name: value}."""
-    out = {}
-    with h5py.File(path, 'r') as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = obj[()]
-            for k, v in obj.attrs.items():
-                out[f'{name}@{k}'] = v
-        f.visititems(visit)
-        for k, v in f['data'].attrs.items():
-            out[f'data@{k}'] = v
-    return out
 
 
 def test_operator_groups_are_contiguous_weighted_blocks():
@@ -117,7 +105,7 @@ def test_generation_is_deterministic_under_a_seed(tmp_path):
     """Same seed: identical files (every array and attribute); another seed: other demos."""
     paths = [generate_demos('lift', 3, 'low_dim', tmp_path / f'{k}.hdf5', seed=seed, mixed=True,
                             progress=False) for k, seed in enumerate((4, 4, 5))]
-    a, b, c = (_contents(p) for p in paths)
+    a, b, c = (hdf5_contents(p) for p in paths)
     assert sorted(a) == sorted(b)
     for key in a:
         np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)

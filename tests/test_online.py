@@ -1,14 +1,11 @@
 """Offline-to-online fine-tuning: the replay file, episode collection and its seeds (envs/online.py), and
 train_bc.py's online phase end to end (episodes appended, update-to-data ratio, LR span, kill + resume)."""
 
-import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -36,6 +33,7 @@ from tests.helpers import (
     run_cli,
     run_dirs,
     shape_meta,
+    sigterm_once,
     tensors_equal,
 )
 from utils.shape_meta import random_obs
@@ -273,16 +271,7 @@ def test_sigterm_and_resume_in_online_phase_matches_uninterrupted_run(lift_state
     save_dir = tmp_path / 'stopped'
     cmd = [sys.executable, os.path.join(ROOT, 'train_bc.py'), f'--save_dir={save_dir}', *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not glob.glob(str(save_dir / '*' / '*' / 'online.csv')):  # the first episode is committed
-        assert proc.poll() is None, f'run ended before an online episode:\n{proc.stderr.read()[-3000:]}'
-        assert time.time() < deadline, 'no online episode within 180 s'
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    (stopped,) = run_dirs(save_dir)
-    assert f'--resume={stopped}' in err and 'Traceback' not in err
+    stopped, err = sigterm_once(proc, save_dir, 'online.csv', 'an online episode')  # first one committed
     assert not os.path.exists(os.path.join(stopped, 'summary.json'))
     stopped_episodes = len(read_csv(os.path.join(stopped, 'online.csv')))
     assert 1 <= stopped_episodes < 10, 'the run finished before it could be stopped; make it longer'

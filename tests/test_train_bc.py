@@ -13,7 +13,16 @@ import pytest
 import torch
 
 from agents import AGENTS
-from tests.helpers import ROOT, TINY, assert_same_train_log, read_csv, run_cli, run_dirs, tensors_equal
+from tests.helpers import (
+    ROOT,
+    TINY,
+    assert_same_train_log,
+    read_csv,
+    run_cli,
+    run_dirs,
+    sigterm_once,
+    tensors_equal,
+)
 from utils.network_factory import NETWORKS
 from utils.shape_meta import rgb_keys
 from utils.training import load_checkpoint
@@ -107,16 +116,7 @@ def test_sigterm_writes_latest_and_resume_finishes(lift_state_file, tmp_path):
     save_dir = tmp_path / 'stopped'
     cmd = [sys.executable, os.path.join(ROOT, 'train_bc.py'), f'--save_dir={save_dir}', *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not glob.glob(str(save_dir / '*' / '*' / 'train.csv')):
-        assert proc.poll() is None, f'run ended before its first log row:\n{proc.stderr.read()[-3000:]}'
-        assert time.time() < deadline, 'no train.csv within 180 s'
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    (stopped,) = run_dirs(save_dir)
-    assert f'--resume={stopped}' in err and 'Traceback' not in err
+    stopped, err = sigterm_once(proc, save_dir, 'train.csv', 'its first log row')
     step = load_checkpoint(os.path.join(stopped, 'checkpoints', 'latest.pt'))['extra']['trainer']['step']
     assert 1 <= step < steps  # save_interval=0: only the signal wrote this checkpoint
     assert not os.path.exists(os.path.join(stopped, 'summary.json'))
