@@ -221,7 +221,7 @@ def latency(device, smoke, repeats):
     rows = []
     for name in ('fbc', 'mfbc'):
         agent = image_agent(name, device, smoke)
-        steps = agent.config.flow_steps if name == 'fbc' else agent.config.sample_steps
+        steps = agent.config.get('sample_steps', agent.config.flow_steps)  # network calls per chunk
         for batch in (1, 64):
             obs = random_obs(agent.shape_meta, batch, int(agent.config.obs_steps), np.random.default_rng(0))
             obs = {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
