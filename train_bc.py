@@ -44,6 +44,7 @@ from utils import distributed, update_record
 from utils.datasets import DEFAULT_DISCOUNT
 from utils.logging import CsvLogger, WandbLogger, write_video
 from utils.prefetch import BatchPrefetcher
+from utils.threads import ThreadGovernor
 from utils.torch_utils import cuda_memory_stats, pick_device
 from utils.training import get_rng_state, load_checkpoint, resolve_decay_steps, set_rng_state
 
@@ -87,8 +88,9 @@ flags.DEFINE_string('wandb_project', 'acfql_pytorch', 'wandb project.')
 flags.DEFINE_enum('wandb_mode', 'offline', ['online', 'offline', 'disabled'], 'wandb mode.')
 flags.DEFINE_string('device', 'auto', "torch device: 'auto' (cuda when present), 'cpu', 'cuda', 'cuda:N'.")
 flags.DEFINE_integer('torch_threads', None,
-                     'torch CPU threads of this process (default: $OMP_NUM_THREADS when set, else 1: with a '
-                     'thread per core, each small op waits for a core another job uses; bench/threads.py).')
+                     'torch CPU threads of this process. Default: $OMP_NUM_THREADS when set, else fitted '
+                     'to the load every 2 s (the cores other processes leave free, at least 1; '
+                     'utils/threads.py, bench/threads.py).')
 flags.DEFINE_integer('prefetch_batches', 1,
                      'Batches a background thread draws (and pins, on CUDA) ahead of the training step '
                      '(0: draw in the loop). Changes no number: checkpoints store the data RNG of the '
@@ -256,14 +258,16 @@ class Run:
     alone makes the run directory, logs, evaluates and writes checkpoints (utils/distributed.py).
     """
 
-    def __init__(self, run_flags, config, run_dir=None, resume_from=None):
-        """Load data and build (or load) the agent; a new run directory is made only once that worked."""
+    def __init__(self, run_flags, config, run_dir=None, resume_from=None, threads=None):
+        """Load data and build (or load) the agent; a new run directory is made only once that worked.
+        `threads` (a utils.threads.ThreadGovernor) re-fits torch's thread count between steps."""
         from agents import AGENTS  # imported here so that `--help` stays fast
 
         self.start_time = time.perf_counter()
         self.flags = run_flags
         self.config = config
         self.run_dir = run_dir
+        self.threads = threads
         self.main = distributed.is_main()
         self.device = distributed.device_for_rank(run_flags['device'])
         torch.manual_seed(run_flags['seed'])
@@ -485,6 +489,8 @@ class Run:
         """One update on the training data, its train.csv row and an evaluation when due; False on a
         non-finite loss (`exit_code` 3, message printed)."""
         f = self.flags
+        if self.threads is not None:
+            self.threads.tick()
         info = scalars(self.agent.update(self.batches.next()))
         bad = {k: v for k, v in info.items() if not math.isfinite(v)}
         if distributed.any_rank(bool(bad)):  # every rank stops at the same step
@@ -505,7 +511,8 @@ class Run:
             if self.main:
                 elapsed = time.perf_counter() - self.window_start
                 row = {'step': self.step, **self.env_step_column(),
-                       'steps_per_s': self.window_steps / max(elapsed, 1e-9), **info, **self.validation(),
+                       'steps_per_s': self.window_steps / max(elapsed, 1e-9),
+                       'torch_threads': torch.get_num_threads(), **info, **self.validation(),
                        **cuda_memory_stats(self.agent.device)}
                 self.train_csv.log(row)
                 self.wandb.log(row, step=self.step)
@@ -855,14 +862,14 @@ def check_agent_config(config, run_flags):
         AGENTS[config.agent_name].create(shape_meta, config, device='cpu')
 
 
-def set_torch_threads(threads):
-    """torch's CPU thread count: `threads`, else $OMP_NUM_THREADS if set, else 1; returns it."""
+def thread_governor(threads):
+    """torch's CPU threads: `threads` when given, else $OMP_NUM_THREADS when set, else fitted to the load."""
     if threads is not None and threads < 1:
-        raise UserError(f'--torch_threads={threads}: expected an integer >= 1')
-    if threads is None:
-        threads = int(os.environ['OMP_NUM_THREADS']) if os.environ.get('OMP_NUM_THREADS', '').isdigit() else 1
-    torch.set_num_threads(threads)
-    return threads
+        raise UserError(f'--torch_threads={threads}: expected an integer >= 1 '
+                        '(or no flag: fitted to the load)')
+    if threads is None and os.environ.get('OMP_NUM_THREADS', '').isdigit():
+        threads = max(1, int(os.environ['OMP_NUM_THREADS']))
+    return ThreadGovernor(threads)
 
 
 def online_flags_of_resumed_run(saved):
@@ -887,7 +894,7 @@ def main(argv):
         raise UserError(f'unexpected arguments {argv[1:]} (flags look like --name=value)')
     world = distributed.init()  # torchrun: join its process group; plain python: one process
     distributed.check_distributed_flags(world, online_steps=FLAGS.online_steps, eval_only=FLAGS.eval_only)
-    set_torch_threads(FLAGS.torch_threads)
+    governor = thread_governor(FLAGS.torch_threads)
     if FLAGS.eval_only:
         return eval_only()
     if FLAGS.resume:
@@ -903,7 +910,7 @@ def main(argv):
         check_resume_world_size(run_flags, path)
         if distributed.is_main():
             print(f'resuming {run_dir} from step {extra["trainer"]["step"]} ({path})', file=sys.stderr)
-        trainer = Run(run_flags, config, run_dir, resume_from=path)
+        trainer = Run(run_flags, config, run_dir, resume_from=path, threads=governor)
     else:
         flag_values, fields = task_recipe()
         applied = apply_task_flag_defaults(flag_values)
@@ -919,7 +926,7 @@ def main(argv):
                                        run_flags['filter_key'])
         except ValueError as e:
             raise UserError(f'--filter_key: {e}') from None
-        trainer = Run(run_flags, config)
+        trainer = Run(run_flags, config, threads=governor)
     return trainer.train()
 
 

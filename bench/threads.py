@@ -1,11 +1,13 @@
 """Training steps/s per torch thread count, alone and with one other busy process on the machine.
 
-    python -m bench.threads [--seconds 20] [--configs state,image] [--threads 1,2]
+    python -m bench.threads [--seconds 20] [--configs state,image] [--threads 1,2,auto]
 
 `state` is `python train_bc.py`'s default (FBC, MLP, To 2, Tp 16, batch 256, 23-D state); `image` is the CPU
 image recipe of the README (agents/fbc_image.py with the IMPALA-style encoder, batch 16, two 84x84 cameras).
 "Shared" runs a single-threaded busy Python loop in another process while measuring, as a second job on the
-machine would. `train_bc.py --torch_threads` picks its default from what this prints.
+machine would. `auto` is `train_bc.py`'s default: `utils.threads.ThreadGovernor` re-fits the count to the
+load between steps (here every second; a fresh governor per measurement, made after the busy process has
+started); its row also gives the thread count it ended on.
 """
 
 import argparse
@@ -19,6 +21,7 @@ import torch
 
 from bench.agents import SHAPE_METAS
 from utils.shape_meta import random_obs
+from utils.threads import ThreadGovernor
 
 
 def busy_loop(stop):
@@ -45,8 +48,9 @@ def make_agent(kind):
     return AGENTS['fbc'].create(SHAPE_METAS[kind], config, seed=0), int(config.batch_size)
 
 
-def steps_per_s(agent, batch_size, seconds):
-    """Median-free rate: updates completed in `seconds` (after two warm-up updates)."""
+def steps_per_s(agent, batch_size, seconds, governor=None, row=None, phase=''):
+    """Median-free rate: updates completed in `seconds` (after two warm-up updates); `governor` ticks
+    before every update, as in train_bc.py."""
     rng = np.random.default_rng(0)
     c = agent.config
     actions = rng.uniform(-1, 1, (batch_size, int(c.horizon_length), agent.action_dim)).astype(np.float32)
@@ -56,8 +60,12 @@ def steps_per_s(agent, batch_size, seconds):
         agent.update(batch)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
+        if governor is not None:
+            governor.tick()
         agent.update(batch)
         n += 1
+    if governor is not None:
+        row[f'{phase}_threads_end'], row[f'{phase}_thread_changes'] = governor.threads, governor.changes
     return n / (time.perf_counter() - start)
 
 
@@ -66,20 +74,28 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--seconds', type=float, default=20.0)
     parser.add_argument('--configs', default='state,image')
-    parser.add_argument('--threads', default=','.join(str(t) for t in range(1, (os.cpu_count() or 1) + 1)))
+    counts = [str(t) for t in range(1, (os.cpu_count() or 1) + 1)]
+    parser.add_argument('--threads', default=','.join(counts + ['auto']),
+                        help="comma-separated counts, and 'auto' (train_bc.py's default)")
     args = parser.parse_args(argv)
     ctx = mp.get_context('spawn')
     for kind in args.configs.split(','):
         agent, batch_size = make_agent(kind)
-        for threads in (int(t) for t in args.threads.split(',')):
-            torch.set_num_threads(threads)
+        for threads in args.threads.split(','):
+            auto = threads == 'auto'
+            governor = (lambda: ThreadGovernor(None, interval_s=1.0)) if auto else (lambda: None)  # noqa: E731
+            if not auto:
+                torch.set_num_threads(int(threads))
             row = {'config': kind, 'batch': batch_size, 'threads': threads, 'cores': os.cpu_count()}
-            row['alone_steps_per_s'] = round(steps_per_s(agent, batch_size, args.seconds), 2)
+            rate = steps_per_s(agent, batch_size, args.seconds, governor(), row, 'alone')
+            row['alone_steps_per_s'] = round(rate, 2)
             stop = ctx.Event()
             hog = ctx.Process(target=busy_loop, args=(stop,), daemon=True)
             hog.start()
             try:
-                row['shared_steps_per_s'] = round(steps_per_s(agent, batch_size, args.seconds), 2)
+                time.sleep(0.5)
+                rate = steps_per_s(agent, batch_size, args.seconds, governor(), row, 'shared')
+                row['shared_steps_per_s'] = round(rate, 2)
             finally:
                 stop.set()
                 hog.join(timeout=5)
