@@ -10,7 +10,6 @@ import os
 import ml_collections
 import torch
 import torch.nn as nn
-import torchvision
 from ml_collections import config_dict
 
 from utils.encoders import (
@@ -155,7 +154,9 @@ def _resnet_backbone(config, name: str):
         )
 
     def make(input_shape):
-        net = RESNETS[name](weights=None)
+        import torchvision  # here: importing it costs ~2 s, which a state run never needs
+
+        net = getattr(torchvision.models, RESNETS[name])(weights=None)
         if path is not None:
             # Loaded before BatchNorm is swapped for GroupNorm (use_group_norm), which re-initialises norms.
             net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
@@ -214,11 +215,7 @@ LOW_DIM_ENCODERS = {
     'mlp': (MLPEncoder, lambda config: dict(hidden_dims=tuple(_field(config, 'encoder_hidden_dims')))),
 }
 
-RESNETS = {
-    'resnet18': torchvision.models.resnet18,
-    'resnet34': torchvision.models.resnet34,
-    'resnet50': torchvision.models.resnet50,
-}
+RESNETS = {'resnet18': 'resnet18', 'resnet34': 'resnet34', 'resnet50': 'resnet50'}  # torchvision.models names
 
 # Image encoders are MultiImageObsEncoder around one backbone per camera: name -> builder(config, name),
 # which returns input_shape (C, h, w) -> backbone module.
