@@ -202,19 +202,25 @@ def test_time_conditioning_and_prediction_reach_the_network():
 
 # ------------------------------------------------------------------------------------------------ ACFQL
 GAMMA, HORIZON = 0.5, 2
-GOOD, BAD = 0.5, -0.5  # the two chunk modes (constant chunks, plus noise)
+MODE = 0.5  # the two chunk modes are +MODE and -MODE (constant chunks, plus noise)
 R_GOOD, R_BAD = -1.0, -1.0 - GAMMA  # chunk returns of -1 / 0 step rewards: one vs two failure steps
 Q_GOOD = R_GOOD / (1 - GAMMA ** HORIZON)  # the good mode forever
 Q_BAD = R_BAD + GAMMA ** HORIZON * Q_GOOD  # the bad mode once, then the good one
 
 
+def good_chunk_sign(o):
+    """Which mode is the better one depends on the observation: the mode whose sign is o's."""
+    return np.where(o > 0, 1.0, -1.0)
+
+
 def fql_batch(rng, batch_size):
-    """Offline data: half good chunks, half bad ones, independent of o; never terminates."""
+    """Offline data: half the chunks on each mode, independent of o; the better mode is sign(o)'s, so the
+    critic must learn how the chunk's value depends on the observation. Never terminates."""
     o = rng.uniform(-1, 1, (batch_size, 1, 1)).astype(np.float32)
-    good = rng.random(batch_size) < 0.5
-    centre = np.where(good, GOOD, BAD)[:, None, None]
-    actions = (centre + 0.05 * rng.standard_normal((batch_size, HORIZON, 1))).astype(np.float32)
-    return {'observations': {'obs': o}, 'actions': actions,
+    sign = np.where(rng.random(batch_size) < 0.5, 1.0, -1.0)
+    good = sign == good_chunk_sign(o[:, 0, 0])
+    actions = (sign[:, None, None] * MODE + 0.05 * rng.standard_normal((batch_size, HORIZON, 1)))
+    return {'observations': {'obs': o}, 'actions': actions.astype(np.float32),
             'next_observations': {'obs': rng.uniform(-1, 1, (batch_size, 1, 1)).astype(np.float32)},
             'rewards': np.where(good, R_GOOD, R_BAD).astype(np.float32),
             'masks': np.ones(batch_size, np.float32), 'valid': np.ones((batch_size, HORIZON), np.float32)}
@@ -243,29 +249,38 @@ def trained_fql(use_q_loss, steps=2500):
     return agent
 
 
+EVAL_OBS = np.concatenate([np.linspace(-1, -0.1, 32), np.linspace(0.1, 1, 32)]).astype(np.float32)
+
+
 def good_fraction(agent):
-    """Fraction of one-step policy chunks on the good mode."""
-    obs = {'obs': np.random.default_rng(2).uniform(-1, 1, (2000, 1, 1)).astype(np.float32)}
-    chunks = agent.sample_actions(obs, seed=3).numpy()  # (N, Tp, 1)
-    return float((chunks.mean(axis=(1, 2)) > 0).mean())
+    """Fraction of one-step policy chunks on the better mode of their observation (|o| >= 0.05)."""
+    o = np.random.default_rng(2).uniform(-1, 1, 2000)
+    o = np.where(np.abs(o) < 0.05, 0.5, o).astype(np.float32)
+    chunks = agent.sample_actions({'obs': o.reshape(-1, 1, 1)}, seed=3).numpy()  # (N, Tp, 1)
+    return float((np.sign(chunks.mean(axis=(1, 2))) == good_chunk_sign(o)).mean())
+
+
+def critic_values(agent, sign):
+    """Mean critic value, over EVAL_OBS, of the constant chunk sign * good_chunk_sign(o) * MODE."""
+    obs = agent.normalizer.normalize_obs({'obs': torch.from_numpy(EVAL_OBS).view(-1, 1, 1)})
+    chunks = torch.from_numpy(sign * good_chunk_sign(EVAL_OBS) * MODE).float().view(-1, 1, 1)
+    critic = agent.critic_modules(agent.model)
+    with torch.no_grad():
+        return critic['critic'](critic['encoder'](obs), chunks.expand(-1, HORIZON, 1)).mean()
 
 
 def test_acfql_prefers_the_better_mode_and_learns_returns():
-    """The critic approaches the true chunk values; >= 90% of one-step chunks land on the better mode."""
+    """The better chunk depends on the observation. The critic approaches the true chunk values on both
+    sides of o = 0; >= 90% of one-step chunks land on their observation's better mode."""
     agent = trained_fql(True)
-    obs = agent.normalizer.normalize_obs({'obs': torch.linspace(-1, 1, 64).view(64, 1, 1)})
-    critic = agent.critic_modules(agent.model)
-    with torch.no_grad():
-        cond = critic['encoder'](obs)
-        q_good = critic['critic'](cond, torch.full((64, HORIZON, 1), GOOD)).mean()
-        q_bad = critic['critic'](cond, torch.full((64, HORIZON, 1), BAD)).mean()
+    q_good, q_bad = critic_values(agent, 1.0), critic_values(agent, -1.0)
     assert abs(q_good - Q_GOOD) < 0.15, (float(q_good), Q_GOOD)
     assert abs(q_bad - Q_BAD) < 0.15, (float(q_bad), Q_BAD)
     assert good_fraction(agent) >= 0.9
 
 
 def test_acfql_without_q_term_reproduces_bc():
-    """With the Q term off, the distilled one-step policy keeps the data's 50/50 split."""
+    """With the Q term off, the distilled one-step policy keeps the data's 50/50 split at every o."""
     assert 0.4 <= good_fraction(trained_fql(False)) <= 0.6
 
 

@@ -1,0 +1,43 @@
+"""bench.unet_reference: our side alone, and the side-by-side plumbing against a stand-in checkout."""
+
+import textwrap
+
+import bench.unet_reference as unet_reference
+
+
+def fake_checkout(root):
+    """A directory laid out like diffusion_policy whose ConditionalUnet1D is our ChiUNet behind DP's call."""
+    pkg = root / 'diffusion_policy' / 'model' / 'diffusion'
+    pkg.mkdir(parents=True)
+    for d in (root / 'diffusion_policy', root / 'diffusion_policy' / 'model', pkg):
+        (d / '__init__.py').write_text('')
+    (pkg / 'conditional_unet1d.py').write_text(textwrap.dedent('''
+        import torch
+        from utils.networks.chiunet import ChiUNet
+
+        class ConditionalUnet1D(torch.nn.Module):
+            def __init__(self, input_dim, global_cond_dim, diffusion_step_embed_dim, down_dims, kernel_size,
+                         n_groups, cond_predict_scale):
+                super().__init__()
+                mult = tuple(c // down_dims[0] for c in down_dims)
+                self.net = ChiUNet(input_dim, 16, 2, global_cond_dim // 2, emb_dim=diffusion_step_embed_dim,
+                                   model_dim=down_dims[0], dim_mult=mult,
+                                   kernel_size=kernel_size, n_groups=n_groups)
+
+            def forward(self, sample, timestep, global_cond):
+                t = timestep / 1000
+                return self.net(sample, t, t, global_cond.reshape(len(sample), 2, -1))[0]
+    '''))
+    return str(root)
+
+
+def test_unet_reference_side_by_side(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(unet_reference, 'SHAPES', [('state', 4, 23)])
+    unet_reference.main(['--rounds', '2'])
+    alone = capsys.readouterr().out
+    assert 'state, B=4, eager, 1 thread(s): ours' in alone and 'dp' not in alone
+    unet_reference.main(['--rounds', '2', '--dp_path', fake_checkout(tmp_path)])
+    line = capsys.readouterr().out.strip()
+    assert '; dp ' in line and line.endswith('1.0000 FLOPs')  # the stand-in is the same network
+    params = [part.split(' ')[-2] for part in line.split(', ') if part.endswith('params')]
+    assert len(params) == 2 and params[0] == params[1]
