@@ -1,8 +1,12 @@
-"""bench.unet_reference: our side alone, and the side-by-side plumbing against a stand-in checkout."""
+"""bench.unet_reference (our side alone, and beside a stand-in checkout) and bench.nfe on real checkpoints."""
 
+import os
 import textwrap
 
+import pytest
+
 import bench.unet_reference as unet_reference
+from tests.helpers import TINY, read_csv, run_cli, run_dirs
 
 
 def fake_checkout(root):
@@ -41,3 +45,33 @@ def test_unet_reference_side_by_side(tmp_path, monkeypatch, capsys):
     assert '; dp ' in line and line.endswith('1.0000 FLOPs')  # the stand-in is the same network
     params = [part.split(' ')[-2] for part in line.split(', ') if part.endswith('params')]
     assert len(params) == 2 and params[0] == params[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('agent, field', [('fbc', 'flow_steps'), ('mfbc', 'sample_steps')])
+def test_nfe_evaluates_each_step_count(agent, field, lift_state_file, tmp_path):
+    """bench.nfe: a real checkpoint evaluated (real rollouts) at 1 and 3 sampler steps; the csv has a row per
+    count with a Wilson interval, the plot is written, and an existing csv is never overwritten."""
+    import bench.nfe as nfe
+
+    run_cli([f'--dataset_path={lift_state_file}', f'--agent=agents/{agent}.py', '--offline_steps=2',
+             '--eval_episodes=0', *TINY], tmp_path / 'runs')
+    (run_dir,) = run_dirs(tmp_path / 'runs')
+    ckpt = os.path.join(run_dir, 'checkpoints', 'latest.pt')
+    out = tmp_path / 'nfe'
+    nfe.main([ckpt, '--out', str(out), '--nfe', '1,3', '--episodes', '2'])
+    rows = read_csv(out / 'nfe.csv')
+    assert [r['nfe'] for r in rows] == ['1', '3'] and {r['agent'] for r in rows} == {agent}
+    for r in rows:
+        low, high = float(r['success_ci_low']), float(r['success_ci_high'])
+        assert r['num_episodes'] == '2' and 0 <= low <= high <= 1
+    assert (out / 'nfe.png').stat().st_size > 0
+    assert nfe.steps_field(nfe_config(agent)) == field
+    with pytest.raises(SystemExit):
+        nfe.main([ckpt, '--out', str(out), '--nfe', '1', '--episodes', '1'])
+
+
+def nfe_config(agent):
+    import importlib
+
+    return importlib.import_module(f'agents.{agent}').get_config()
