@@ -8,7 +8,8 @@ The sampler's step count is the agent's own field: `sample_steps` for the MeanFl
 (`run_evaluation`): the checkpoint's env, its `eval_seed` and `action_steps`, `--episodes` episodes. Writes
 `<out>/nfe.csv` (one row per checkpoint and step count, with the 95% Wilson interval) and `<out>/nfe.png`
 (success against network calls per chunk, the mean over the checkpoints of each env and agent, with their
-min-max).
+min-max). Arguments ending in `.csv` are earlier `nfe.csv` files: their rows join the new ones, so that
+`python -m bench.nfe --out both a/nfe.csv b/nfe.csv` draws one plot from two earlier runs.
 """
 
 import argparse
@@ -91,7 +92,7 @@ def plot(path, rows):
 def main(argv=None):
     """Evaluate every checkpoint at every step count; write nfe.csv and nfe.png under --out."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('checkpoints', nargs='+', help='train_bc.py checkpoint files')
+    parser.add_argument('checkpoints', nargs='+', help='checkpoint files (or earlier nfe.csv files)')
     parser.add_argument('--out', required=True)
     parser.add_argument('--nfe', default='1,2,4,10', help='comma-separated network calls per chunk')
     parser.add_argument('--episodes', type=int, default=50)
@@ -108,7 +109,13 @@ def main(argv=None):
                      'overwritten)')
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
-    rows = [row for path in args.checkpoints for row in evaluate_at(path, nfes, args.episodes, args.workers)]
+    rows = []
+    for path in args.checkpoints:
+        if path.endswith('.csv'):
+            with open(path, newline='') as f:
+                rows.extend(csv.DictReader(f))
+        else:
+            rows.extend(evaluate_at(path, nfes, args.episodes, args.workers))
     with open(os.path.join(args.out, 'nfe.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()

@@ -69,6 +69,8 @@ def test_nfe_evaluates_each_step_count(agent, field, lift_state_file, tmp_path):
     assert nfe.steps_field(nfe_config(agent)) == field
     with pytest.raises(SystemExit):
         nfe.main([ckpt, '--out', str(out), '--nfe', '1', '--episodes', '1'])
+    nfe.main([str(out / 'nfe.csv'), '--out', str(tmp_path / 'again')])  # an earlier csv, plotted again
+    assert read_csv(tmp_path / 'again' / 'nfe.csv') == rows and (tmp_path / 'again' / 'nfe.png').exists()
 
 
 def nfe_config(agent):
