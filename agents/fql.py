@@ -1,8 +1,13 @@
 """FQL with action chunking (ACFQL; Park et al. 2025, Li et al. 2025 "Q-chunking") in our time convention.
 
-Modules: BC flow policy v_theta (the FBC network), one-step policy mu(o, z) = z + net(z, 0, 1, cond(o)),
-critic ensemble Q_k(o, chunk) with a Polyak target. Rewards, masks and valid come from the dataset batch
+Modules: BC flow policy v_theta (the FBC network), one-step policy mu(o, z), critic ensemble Q_k(o, chunk) with a Polyak target. Rewards, masks and valid come from the dataset batch
 (chunk length Tp, bootstrap with discount ** Tp), as in Q-chunking.
+
+The one-step policy reads the noise z through the policy network net(z, 0, 1, cond(o)) (so any of the three
+networks serves); `onestep_prediction` says what its output D is: 'x' (default) the chunk itself, mu = D, as
+ACFQL's actor_onestep_flow MLP(o, z) returns the action; 'u' a velocity, mu = z + D (one Euler step of a
+flow, this codebase's earlier form). With 'u' the network must cancel z exactly to return a clean chunk, and
+what it leaves shows as jitter, the same failure docs/MEANFLOW.md measured for MFBC's prediction 'u'.
 """
 
 import contextlib
@@ -36,6 +41,7 @@ def get_config():
     config.q_agg = 'mean'  # aggregation of the target ensemble: 'mean' or 'min'
     config.normalize_q_loss = False  # scale the Q term by stopgrad(1 / mean |Q|)
     config.use_q_loss = True  # False switches the Q term off (pure BC + distillation)
+    config.onestep_prediction = 'x'  # one-step output: 'x' the chunk (ACFQL's); 'u' a velocity, mu = z + out
     config.best_of_n = 0  # N > 1: QC variant, best of N BC-flow chunks under the critic (no one-step)
     config.tau = 0.005  # Polyak rate of the target critic
     config.share_encoder = False  # True: the critic uses the actor's encoder; False: its own encoder
@@ -80,6 +86,8 @@ class FQLAgent(BCAgent):
         _require(c.q_agg in ('mean', 'min'), 'q_agg', c.q_agg, "'mean' or 'min'")
         _require(int(c.best_of_n) >= 0, 'best_of_n', c.best_of_n, 'an integer >= 0 (0, 1 = one-step policy)')
         _require(0 < c.tau <= 1, 'tau', c.tau, 'a float in (0, 1]')
+        _require(c.onestep_prediction in ('x', 'u'), 'onestep_prediction', c.onestep_prediction,
+                 "'x' (the network outputs the chunk) or 'u' (mu = z + output)")
 
     def build_modules(self, config):
         """Encoder, BC flow, one-step policy, critic (and its own encoder unless shared)."""
@@ -99,9 +107,14 @@ class FQLAgent(BCAgent):
         return nn.ModuleDict({'encoder': encoder, 'critic': model['critic']})
 
     # ----------------------------------------------------------------- policies
+    def onestep_chunk(self, model, cond, z):
+        """Unclipped one-step chunk mu(o, z) (B,Tp,A): net(z, 0, 1, cond), plus z for onestep_prediction 'u'."""
+        out = conditioned(model['onestep'], cond)(z, 0.0, 1.0)[0]
+        return z + out if self.config.onestep_prediction == 'u' else out
+
     def onestep_policy(self, model, cond, z):
-        """mu(o, z) = z + net(z, 0, 1, cond), clipped to [-1, 1]. z (B,Tp,A)."""
-        return (z + conditioned(model['onestep'], cond)(z, 0.0, 1.0)[0]).clamp(-1, 1)
+        """mu(o, z) clipped to [-1, 1]. z (B,Tp,A)."""
+        return self.onestep_chunk(model, cond, z).clamp(-1, 1)
 
     def best_of_n_policy(self, model, cond, critic_cond, generator):
         """Draw N chunks from the BC flow per observation and keep the one with the highest mean Q."""
@@ -166,7 +179,7 @@ class FQLAgent(BCAgent):
         z = self.randn_like(batch['actions'])
         with torch.no_grad():
             target = euler_flow(self.model['actor'], cond, z, int(self.config.flow_steps)).clamp(-1, 1)
-        mu = z + conditioned(self.model['onestep'], cond)(z, 0.0, 1.0)[0]  # (B,Tp,A), unclipped
+        mu = self.onestep_chunk(self.model, cond, z)  # (B,Tp,A), unclipped
         distill_loss = (mu - target).pow(2).mean()
         loss = bc_loss + self.config.alpha * distill_loss
         info.update({'actor/distill_loss': distill_loss.detach()})

@@ -19,11 +19,14 @@ def reference_total_loss(agent, batch):
     critic = agent.critic_modules(model)
     critic_cond = critic['encoder'](batch['observations'])
     b = batch['actions'].shape[0]
+
+    def onestep(out, z):  # 'x': the output is the chunk; 'u': z + output
+        return out if config.onestep_prediction == 'x' else z + out
     zeros, ones = batch['actions'].new_zeros(b), batch['actions'].new_ones(b)
     with torch.no_grad():
         next_cond = model['encoder'](batch['next_observations'])
         z_next = agent.randn_like(batch['actions'])
-        next_actions = (z_next + model['onestep'](z_next, zeros, ones, next_cond)[0]).clamp(-1, 1)
+        next_actions = onestep(model['onestep'](z_next, zeros, ones, next_cond)[0], z_next).clamp(-1, 1)
         next_q = agent.target['critic'](agent.target['encoder'](batch['next_observations']), next_actions)
         next_q = next_q.mean(0) if config.q_agg == 'mean' else next_q.min(0).values
         target_q = batch['rewards'] + config.discount ** config.horizon_length * batch['masks'] * next_q
@@ -39,7 +42,7 @@ def reference_total_loss(agent, batch):
             t = torch.full((b,), i * dt)
             x = x + dt * model['actor'](x, t, t, cond)[0]
         target = x.clamp(-1, 1)
-    mu = z + model['onestep'](z, zeros, ones, cond)[0]
+    mu = onestep(model['onestep'](z, zeros, ones, cond)[0], z)
     distill_loss = (mu - target).pow(2).mean()
     with frozen(critic):
         q_pi = critic['critic'](critic_cond.detach(), mu.clamp(-1, 1)).mean(0)
@@ -47,10 +50,11 @@ def reference_total_loss(agent, batch):
     return loss, {'loss': loss.detach()}
 
 
-def make(network, seed=0):
+def make(network, seed=0, onestep_prediction='x'):
     """A small state FQL agent with the Q term on."""
     shape_meta = SHAPE_METAS['state']
     config = tiny_config('fql', network, 'state')
+    config.onestep_prediction = onestep_prediction
     return AGENTS['fql'].create(shape_meta, config, normalizer_stats(shape_meta), seed=seed)
 
 
@@ -62,11 +66,11 @@ def grads_of(agent, loss_fn, batch):
     return loss.detach(), [None if p.grad is None else p.grad.clone() for p in agent.model.parameters()]
 
 
-@pytest.mark.parametrize('network', ['mlp', 'chiunet'])
-def test_fql_loss_and_gradients_match_the_reference(network):
+@pytest.mark.parametrize('network,onestep_prediction', [('mlp', 'x'), ('chiunet', 'x'), ('mlp', 'u')])
+def test_fql_loss_and_gradients_match_the_reference(network, onestep_prediction):
     """From the same generator state the agent's total_loss and the reference give the same loss and
-    the same gradient for every parameter."""
-    agent = make(network)
+    the same gradient for every parameter, for both one-step forms."""
+    agent = make(network, onestep_prediction=onestep_prediction)
     batch = agent.prepare_batch(raw_batch(SHAPE_METAS['state'], np.random.default_rng(0)))
     state = agent.rng.get_state()
     loss, grads = grads_of(agent, agent.total_loss, batch)
