@@ -4,7 +4,9 @@ and the cost of an ACFQL update against an FBC update.
 `python -m bench.agents [--quick] [--threads N] [--networks chiunet,...] [--obs-types state,image]`
 prints one JSON line per agent x network x obs type and a summary of the MFBC/IMFBC one-step speed-up over
 FBC's `flow_steps` Euler steps on the same network. `python -m bench` calls `main`.
-`python -m bench.agents --update-ratio [--rounds N]` prints the FQL / FBC update-time ratio instead.
+`python -m bench.agents --update-ratio [--rounds N]` prints the FQL / FBC update-time ratio instead, with the
+shares of its parts (the Euler distillation target, the critic loss and the actor loss, each forward +
+backward) in units of one FBC update.
 """
 
 import argparse
@@ -122,7 +124,16 @@ def update_ratio(rounds=15, batch_size=256, network='mlp', agent='fql', ref='fbc
         with torch.no_grad():
             euler_flow(fql.model['actor'], fql.model['encoder'](obs), z, int(fql.config.flow_steps))
 
-    steps = {ref: lambda: agents[ref].update(batch), agent: lambda: fql.update(batch), 'euler': euler_target}
+    prepared = fql.prepare_batch(batch)
+
+    def loss_part(part):  # one loss of the update, forward and backward, no optimizer step
+        def run():
+            fql.model.zero_grad(set_to_none=True)
+            getattr(fql, part)(prepared)[0].backward()
+        return run
+
+    steps = {ref: lambda: agents[ref].update(batch), agent: lambda: fql.update(batch), 'euler': euler_target,
+             'critic_loss': loss_part('critic_loss'), 'actor_loss': loss_part('actor_loss')}
     times = {name: [] for name in steps}
     for i in range(rounds + 1):  # round 0 warms up
         for name, fn in steps.items():
@@ -138,7 +149,9 @@ def update_ratio(rounds=15, batch_size=256, network='mlp', agent='fql', ref='fbc
             f'{agent}_cpu_ms': round(statistics.median(times[agent]), 1),
             'ratio_of_medians': round(statistics.median(times[agent]) / statistics.median(times[ref]), 2),
             'median_ratio': round(statistics.median(ratios), 2),
-            'euler_target_over_ref': round(statistics.median(times['euler']) / ref_ms, 2)}
+            'euler_target_over_ref': round(statistics.median(times['euler']) / ref_ms, 2),
+            'critic_loss_over_ref': round(statistics.median(times['critic_loss']) / ref_ms, 2),
+            'actor_loss_over_ref': round(statistics.median(times['actor_loss']) / ref_ms, 2)}
 
 
 def main(argv=None):

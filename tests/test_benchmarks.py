@@ -1,4 +1,5 @@
-"""bench.unet_reference (our side alone, and beside a stand-in checkout) and bench.nfe on real checkpoints."""
+"""bench.unet_reference (our side alone, and beside a stand-in checkout), bench.nfe on real checkpoints and
+bench.agents' update-cost ratio."""
 
 import os
 import textwrap
@@ -77,3 +78,14 @@ def nfe_config(agent):
     import importlib
 
     return importlib.import_module(f'agents.{agent}').get_config()
+
+
+def test_update_ratio_reports_the_parts():
+    """bench.agents --update-ratio: the FQL / FBC ratio and its parts, each a positive multiple of one FBC
+    update; the parts of an update cannot cost more than the whole update plus timing noise."""
+    from bench.agents import update_ratio
+    row = update_ratio(rounds=2, batch_size=16)
+    parts = ('euler_target_over_ref', 'critic_loss_over_ref', 'actor_loss_over_ref')
+    assert row['update_ratio'] == 'fql/fbc' and row['ratio_of_medians'] > 1
+    assert all(row[k] > 0 for k in parts), row
+    assert row['euler_target_over_ref'] < row['actor_loss_over_ref'], row  # the target is inside the actor loss
