@@ -99,3 +99,18 @@ def test_fql_updates_match_the_reference():
     for p, r in zip(agent.target.parameters(), ref.target.parameters(), strict=True):
         torch.testing.assert_close(p, r, rtol=1e-4, atol=1e-5)
     assert any(not torch.equal(p, s) for p, s in zip(agent.model.parameters(), start, strict=True))
+
+
+def test_onestep_prediction_selects_the_chunk_or_the_velocity():
+    """'x': the one-step chunk is the network's output; 'u': z + the output; anything else names the field."""
+    agent = make('mlp')
+    cond = torch.randn(4, int(agent.config.obs_steps), agent.model['encoder'].output_dim)
+    z = torch.randn(4, int(agent.config.horizon_length), agent.action_dim)
+    out = agent.model['onestep'](z, torch.zeros(4), torch.ones(4), cond)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(agent.onestep_chunk(agent.model, cond, z), out.detach())
+        agent.config.onestep_prediction = 'u'
+        torch.testing.assert_close(agent.onestep_chunk(agent.model, cond, z), (z + out).detach())
+    agent.config.onestep_prediction = 'v'
+    with pytest.raises(ValueError, match=r"config.onestep_prediction='v'"):
+        AGENTS['fql'].create(SHAPE_METAS['state'], agent.config)
