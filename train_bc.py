@@ -7,6 +7,7 @@
     python train_bc.py --resume=runs/<run_dir>           # continue exactly where a run stopped
     python train_bc.py --agent=agents/fql.py --offline_steps=10000 --online_steps=50000   # then online
     python train_bc.py --eval_only --checkpoint=runs/<run_dir>/checkpoints/best.pt
+    python train_bc.py --eval_only --checkpoint=... --agent=agents/fql.py --agent.sample_policy=flow  # how it samples
     torchrun --nproc_per_node=2 train_bc.py ...            # one run over 2 processes (batch_size each)
 
 Experiment flags live here; hyperparameters live in the agent config file (`--agent.*`). The trainer knows
@@ -805,6 +806,8 @@ def eval_only():
             f[name] = getattr(FLAGS, name)
     config = type(FLAGS.agent)(extra['config'])
     agent = AGENTS[config.agent_name].load(path, device=pick_device(f['device']))
+    sampling = eval_overrides(agent)
+    config.update(sampling)
     stats, episodes = run_evaluation(agent, config, extra['shape_meta'], extra['env'], f)
     out = new_run_dir(FLAGS.save_dir, f['run_group'], 'eval_' + os.path.basename(os.path.dirname(
         os.path.dirname(os.path.abspath(path)))))
@@ -814,8 +817,25 @@ def eval_only():
     for e in episodes:
         episodes_csv.log({'step': step, **{k: v for k, v in e.items() if k != 'frames'}})
     write_episode_videos(out, '', episodes)
-    print(json.dumps({'checkpoint': path, 'step': step, **stats, 'eval_dir': out}))
+    if sampling:
+        with open(os.path.join(out, 'eval_overrides.json'), 'x') as fh:  # a new run dir: never overwrites
+            json.dump({**sampling, 'code_version': git_version()}, fh, indent=2)
+    print(json.dumps({'checkpoint': path, 'step': step, **sampling, **stats, 'eval_dir': out}))
     return 0
+
+
+def eval_overrides(agent):
+    """Apply the --agent.x fields given with --eval_only to the loaded agent and return them; only the
+    agent's `eval_fields` (how a trained agent samples) may be given, anything else is a UserError."""
+    given = dict(config_flags.get_override_values(FLAGS['agent']))
+    bad = sorted(set(given) - set(agent.eval_fields))
+    if bad:
+        raise UserError(f'--eval_only with --agent.{bad[0]}: a trained {agent.name} checkpoint only takes the '
+                        f'sampling fields {list(agent.eval_fields)} (its other settings are fixed by training)')
+    for name, value in given.items():
+        agent.config[name] = value
+    agent.validate_config(agent.config)
+    return given
 
 
 # (flag, smallest allowed value, None allowed) of the integer experiment flags.

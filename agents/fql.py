@@ -47,6 +47,7 @@ def get_config():
     config.normalize_q_loss = False  # scale the Q term by stopgrad(1 / mean |Q|)
     config.use_q_loss = True  # False switches the Q term off (pure BC + distillation)
     config.onestep_prediction = 'x'  # one-step output: 'x' the chunk (ACFQL's); 'u' a velocity, mu = z + out
+    config.sample_policy = 'onestep'  # what acts: 'onestep' mu(o, z); 'flow' the BC flow's Euler chunk (diagnosis)
     config.best_of_n = 0  # N > 1: QC variant, best of N BC-flow chunks under the critic (no one-step)
     config.tau = 0.005  # Polyak rate of the target critic
     config.share_encoder = False  # True: the critic uses the actor's encoder; False: its own encoder
@@ -76,6 +77,7 @@ class FQLAgent(BCAgent):
     """ACFQL: BC flow + one-step policy distilled toward the clipped Euler flow and pushed up the critic."""
 
     name = 'fql'
+    eval_fields = ('flow_steps', 'sample_policy', 'best_of_n')
 
     def __init__(self, shape_meta, config, normalizer, seed, device):
         super().__init__(shape_meta, config, normalizer, seed, device)
@@ -91,6 +93,8 @@ class FQLAgent(BCAgent):
         _require(c.q_agg in ('mean', 'min'), 'q_agg', c.q_agg, "'mean' or 'min'")
         _require(int(c.best_of_n) >= 0, 'best_of_n', c.best_of_n, 'an integer >= 0 (0, 1 = one-step policy)')
         _require(0 < c.tau <= 1, 'tau', c.tau, 'a float in (0, 1]')
+        _require(c.get('sample_policy', 'onestep') in ('onestep', 'flow'), 'sample_policy', c.get('sample_policy'),
+                 "'onestep' (the one-step policy) or 'flow' (the BC flow's flow_steps Euler steps)")
         _require(c.onestep_prediction in ('x', 'u'), 'onestep_prediction', c.onestep_prediction,
                  "'x' (the network outputs the chunk) or 'u' (mu = z + output)")
 
@@ -140,9 +144,12 @@ class FQLAgent(BCAgent):
         return FQLFeatures(cond, None)
 
     def sample_chunk(self, model, features, z, generator):
-        """One-step policy chunk, or the best of N BC-flow chunks under the critic."""
+        """The best of N BC-flow chunks under the critic, else the BC flow's chunk or the one-step policy's, as
+        sample_policy says."""
         if int(self.config.best_of_n) > 1:
             return self.best_of_n_policy(model, features.policy, features.critic, generator)
+        if self.config.get('sample_policy', 'onestep') == 'flow':  # absent in older checkpoints
+            return euler_flow(model['actor'], features.policy, z, int(self.config.flow_steps)).clamp(-1, 1)
         return self.onestep_policy(model, features.policy, z)
 
     # ----------------------------------------------------------------- losses

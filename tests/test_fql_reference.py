@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from agents import AGENTS
-from agents.fql import frozen
+from agents.fbc import euler_flow
+from agents.fql import FQLFeatures, frozen
 from tests.agent_contract import SHAPE_METAS, normalizer_stats, raw_batch, tiny_config
 
 
@@ -113,4 +114,23 @@ def test_onestep_prediction_selects_the_chunk_or_the_velocity():
         torch.testing.assert_close(agent.onestep_chunk(agent.model, cond, z), (z + out).detach())
     agent.config.onestep_prediction = 'v'
     with pytest.raises(ValueError, match=r"config.onestep_prediction='v'"):
+        AGENTS['fql'].create(SHAPE_METAS['state'], agent.config)
+
+
+def test_sample_policy_flow_acts_with_the_bc_flow():
+    """sample_policy 'flow': the sampled chunk is the BC flow's clipped Euler chunk from the same noise, not
+    the one-step policy's; 'onestep' (the default) is mu(o, z); anything else names the field."""
+    agent = make('mlp')
+    features = FQLFeatures(torch.randn(4, int(agent.config.obs_steps), agent.model['encoder'].output_dim), None)
+    z = torch.randn(4, int(agent.config.horizon_length), agent.action_dim)
+    with torch.no_grad():
+        onestep = agent.sample_chunk(agent.model, features, z, None)
+        torch.testing.assert_close(onestep, agent.onestep_policy(agent.model, features.policy, z))
+        agent.config.sample_policy = 'flow'
+        flow = agent.sample_chunk(agent.model, features, z, None)
+        torch.testing.assert_close(flow, euler_flow(agent.model['actor'], features.policy, z,
+                                                    int(agent.config.flow_steps)).clamp(-1, 1))
+    assert not torch.allclose(flow, onestep)
+    agent.config.sample_policy = 'bc'
+    with pytest.raises(ValueError, match=r"config.sample_policy='bc'"):
         AGENTS['fql'].create(SHAPE_METAS['state'], agent.config)

@@ -190,6 +190,25 @@ def test_eval_only_from_checkpoint(lift_state_file, tmp_path):
     assert read_csv(os.path.join(result['eval_dir'], 'eval.csv'))[0]['success_rate'] == '0.0'
 
 
+@pytest.mark.slow
+def test_eval_only_takes_the_sampling_fields_only(lift_state_file, tmp_path):
+    """--eval_only with an agent's eval_fields evaluates the checkpoint that way and records them; another
+    --agent field is refused, naming it, before any episode runs."""
+    run_cli([f'--dataset_path={lift_state_file}', '--agent=agents/fql.py', '--offline_steps=2',
+             '--save_interval=2', '--eval_episodes=0', *TINY], tmp_path / 'train')
+    (run_dir,) = run_dirs(tmp_path / 'train')
+    ckpt = os.path.join(run_dir, 'checkpoints', 'latest.pt')
+    base = ['--eval_only', f'--checkpoint={ckpt}', '--eval_episodes=1', '--eval_max_steps=10',
+            '--agent=agents/fql.py']
+    proc = run_cli([*base, '--agent.sample_policy=flow', '--agent.flow_steps=3'], tmp_path / 'eval')
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result['sample_policy'] == 'flow' and result['flow_steps'] == 3 and result['num_episodes'] == 1
+    with open(os.path.join(result['eval_dir'], 'eval_overrides.json')) as fh:
+        assert json.load(fh)['sample_policy'] == 'flow'
+    proc = run_cli([*base, '--agent.lr=0.1'], tmp_path / 'bad', check=False)
+    assert proc.returncode == 2 and '--agent.lr' in proc.stderr and 'sample_policy' in proc.stderr
+
+
 @pytest.mark.parametrize('args, message', [
     (['--agent=agents/no_such_agent.py'], 'no_such_agent'),
     (['--network_type=resnet_unet'], 'resnet_unet'),
