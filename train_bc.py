@@ -801,7 +801,7 @@ def eval_only():
     path = resolve_checkpoint(FLAGS.checkpoint)
     extra = load_extra(path)
     f = dict(extra['flags'])
-    for name in RESUME_OVERRIDABLE + ('eval_seed',):
+    for name in RESUME_OVERRIDABLE + ('eval_seed', 'run_group'):
         if FLAGS[name].present:
             f[name] = getattr(FLAGS, name)
     config = type(FLAGS.agent)(extra['config'])
