@@ -7,13 +7,14 @@
     python train_bc.py --resume=runs/<run_dir>           # continue exactly where a run stopped
     python train_bc.py --agent=agents/fql.py --offline_steps=10000 --online_steps=50000   # then online
     python train_bc.py --eval_only --checkpoint=runs/<run_dir>/checkpoints/best.pt
-    python train_bc.py --eval_only --checkpoint=... --agent=agents/fql.py --agent.sample_policy=flow  # how it samples
+    python train_bc.py --eval_only --checkpoint=... --agent=agents/fql.py --agent.sample_policy=flow
     torchrun --nproc_per_node=2 train_bc.py ...            # one run over 2 processes (batch_size each)
 
 Experiment flags live here; hyperparameters live in the agent config file (`--agent.*`). The trainer knows
 no agent by name: every agent has `create / update / sample_actions / save / load`.
 """
 
+import functools
 import itertools
 import json
 import math
@@ -120,8 +121,10 @@ class UserError(Exception):
     """A bad flag or input: reported as one clear line, exit code 2."""
 
 
+@functools.cache
 def git_version():
-    """Code version: the git sha of this checkout, with '-dirty' when it has uncommitted changes."""
+    """Code version: the git sha of this checkout, with '-dirty' when it has uncommitted changes. Read once,
+    when main starts: every file of a run names the code this process loaded, not a later checkout."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True,
@@ -830,8 +833,8 @@ def eval_overrides(agent):
     given = dict(config_flags.get_override_values(FLAGS['agent']))
     bad = sorted(set(given) - set(agent.eval_fields))
     if bad:
-        raise UserError(f'--eval_only with --agent.{bad[0]}: a trained {agent.name} checkpoint only takes the '
-                        f'sampling fields {list(agent.eval_fields)} (its other settings are fixed by training)')
+        raise UserError(f'--eval_only with --agent.{bad[0]}: a trained {agent.name} checkpoint only takes '
+                        f'the sampling fields {list(agent.eval_fields)} (training fixed the others)')
     for name, value in given.items():
         agent.config[name] = value
     agent.validate_config(agent.config)
@@ -912,6 +915,7 @@ def main(argv):
     """Entry point: train, resume or evaluate."""
     if len(argv) > 1:
         raise UserError(f'unexpected arguments {argv[1:]} (flags look like --name=value)')
+    git_version()  # the code this process runs (cached for flags.json, checkpoints and summary.json)
     world = distributed.init()  # torchrun: join its process group; plain python: one process
     distributed.check_distributed_flags(world, online_steps=FLAGS.online_steps, eval_only=FLAGS.eval_only)
     governor = thread_governor(FLAGS.torch_threads)

@@ -83,7 +83,7 @@ class Agent:
     """What every agent shares; a subclass sets `name` and supplies `flow_loss` and `sample_chunk`."""
 
     name = None  # registry key in agents.AGENTS
-    # config fields that change only how a trained agent samples: `train_bc.py --eval_only` lets --agent.x set them
+    # config fields that change only how a trained agent samples (`train_bc.py --eval_only` takes --agent.x)
     eval_fields = ()
 
     def __init__(self, shape_meta, config, normalizer, seed, device):

@@ -1,6 +1,7 @@
 """FQL with action chunking (ACFQL; Park et al. 2025, Li et al. 2025 "Q-chunking") in our time convention.
 
-Modules: BC flow policy v_theta (the FBC network), one-step policy mu(o, z), critic ensemble Q_k(o, chunk) with a Polyak target. Rewards, masks and valid come from the dataset batch
+Modules: BC flow policy v_theta (the FBC network), one-step policy mu(o, z), critic ensemble Q_k(o, chunk)
+with a Polyak target. Rewards, masks and valid come from the dataset batch
 (chunk length Tp, bootstrap with discount ** Tp), as in Q-chunking.
 
 The one-step policy reads the noise z through the policy network net(z, 0, 1, cond(o)) (so any of the three
@@ -47,7 +48,7 @@ def get_config():
     config.normalize_q_loss = False  # scale the Q term by stopgrad(1 / mean |Q|)
     config.use_q_loss = True  # False switches the Q term off (pure BC + distillation)
     config.onestep_prediction = 'x'  # one-step output: 'x' the chunk (ACFQL's); 'u' a velocity, mu = z + out
-    config.sample_policy = 'onestep'  # what acts: 'onestep' mu(o, z); 'flow' the BC flow's Euler chunk (diagnosis)
+    config.sample_policy = 'onestep'  # what acts: 'onestep' mu(o, z); 'flow' the BC flow's Euler chunk
     config.best_of_n = 0  # N > 1: QC variant, best of N BC-flow chunks under the critic (no one-step)
     config.tau = 0.005  # Polyak rate of the target critic
     config.share_encoder = False  # True: the critic uses the actor's encoder; False: its own encoder
@@ -93,7 +94,8 @@ class FQLAgent(BCAgent):
         _require(c.q_agg in ('mean', 'min'), 'q_agg', c.q_agg, "'mean' or 'min'")
         _require(int(c.best_of_n) >= 0, 'best_of_n', c.best_of_n, 'an integer >= 0 (0, 1 = one-step policy)')
         _require(0 < c.tau <= 1, 'tau', c.tau, 'a float in (0, 1]')
-        _require(c.get('sample_policy', 'onestep') in ('onestep', 'flow'), 'sample_policy', c.get('sample_policy'),
+        policy = c.get('sample_policy', 'onestep')  # absent in checkpoints older than the field
+        _require(policy in ('onestep', 'flow'), 'sample_policy', policy,
                  "'onestep' (the one-step policy) or 'flow' (the BC flow's flow_steps Euler steps)")
         _require(c.onestep_prediction in ('x', 'u'), 'onestep_prediction', c.onestep_prediction,
                  "'x' (the network outputs the chunk) or 'u' (mu = z + output)")
@@ -117,7 +119,7 @@ class FQLAgent(BCAgent):
 
     # ----------------------------------------------------------------- policies
     def onestep_chunk(self, model, cond, z):
-        """Unclipped one-step chunk mu(o, z) (B,Tp,A): net(z, 0, 1, cond), plus z for onestep_prediction 'u'."""
+        """Unclipped one-step chunk mu(o, z) (B,Tp,A): net(z, 0, 1, cond), plus z for prediction 'u'."""
         out = conditioned(model['onestep'], cond)(z, 0.0, 1.0)[0]
         return z + out if self.config.onestep_prediction == 'u' else out
 
@@ -144,8 +146,8 @@ class FQLAgent(BCAgent):
         return FQLFeatures(cond, None)
 
     def sample_chunk(self, model, features, z, generator):
-        """The best of N BC-flow chunks under the critic, else the BC flow's chunk or the one-step policy's, as
-        sample_policy says."""
+        """The best of N BC-flow chunks under the critic; else the BC flow's chunk or the one-step policy's,
+        as sample_policy says."""
         if int(self.config.best_of_n) > 1:
             return self.best_of_n_policy(model, features.policy, features.critic, generator)
         if self.config.get('sample_policy', 'onestep') == 'flow':  # absent in older checkpoints

@@ -88,4 +88,5 @@ def test_update_ratio_reports_the_parts():
     parts = ('euler_target_over_ref', 'critic_loss_over_ref', 'actor_loss_over_ref')
     assert row['update_ratio'] == 'fql/fbc' and row['ratio_of_medians'] > 1
     assert all(row[k] > 0 for k in parts), row
-    assert row['euler_target_over_ref'] < row['actor_loss_over_ref'], row  # the target is inside the actor loss
+    # the target is inside the actor loss
+    assert row['euler_target_over_ref'] < row['actor_loss_over_ref'], row

@@ -121,7 +121,8 @@ def test_sample_policy_flow_acts_with_the_bc_flow():
     """sample_policy 'flow': the sampled chunk is the BC flow's clipped Euler chunk from the same noise, not
     the one-step policy's; 'onestep' (the default) is mu(o, z); anything else names the field."""
     agent = make('mlp')
-    features = FQLFeatures(torch.randn(4, int(agent.config.obs_steps), agent.model['encoder'].output_dim), None)
+    cond = torch.randn(4, int(agent.config.obs_steps), agent.model['encoder'].output_dim)
+    features = FQLFeatures(cond, None)
     z = torch.randn(4, int(agent.config.horizon_length), agent.action_dim)
     with torch.no_grad():
         onestep = agent.sample_chunk(agent.model, features, z, None)
