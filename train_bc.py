@@ -807,11 +807,9 @@ def eval_only():
     for name in RESUME_OVERRIDABLE + ('eval_seed', 'run_group'):
         if FLAGS[name].present:
             f[name] = getattr(FLAGS, name)
-    config = type(FLAGS.agent)(extra['config'])
-    agent = AGENTS[config.agent_name].load(path, device=pick_device(f['device']))
+    agent = AGENTS[extra['config']['agent_name']].load(path, device=pick_device(f['device']))
     sampling = eval_overrides(agent)
-    config.update(sampling)
-    stats, episodes = run_evaluation(agent, config, extra['shape_meta'], extra['env'], f)
+    stats, episodes = run_evaluation(agent, agent.config, extra['shape_meta'], extra['env'], f)
     out = new_run_dir(FLAGS.save_dir, f['run_group'], 'eval_' + os.path.basename(os.path.dirname(
         os.path.dirname(os.path.abspath(path)))))
     step = extra['trainer']['step']
