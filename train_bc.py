@@ -312,8 +312,10 @@ class Run:
         self.exit_code = None
         if resume_from is None:
             stats = self.train_ds.normalizer_stats()
+            chunks = (self.train_ds.action_chunks(int(config.horizon_length))
+                      if config.noise_prior == 'chunk_cov' else None)  # the prior is fitted once, offline
             self.agent = agent_cls.create(self.shape_meta, config, normalizer_stats=stats,
-                                          seed=run_flags['seed'], device=self.device)
+                                          seed=run_flags['seed'], device=self.device, action_chunks=chunks)
         else:
             self.agent = agent_cls.load(resume_from, device=self.device)
             self._restore_trainer_state(self.agent.extra['trainer'])

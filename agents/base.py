@@ -12,8 +12,10 @@ save / load. An algorithm file in agents/ subclasses `Agent` and supplies the ma
 
 import importlib
 import inspect
+import warnings
 
 import ml_collections
+import numpy as np
 import torch
 from ml_collections import config_dict
 from torch import nn
@@ -35,6 +37,7 @@ CHECKPOINT_FORMAT = 'acfql_pytorch-agent-v1'
 # Config fields that say how to run, not what is learned: `Agent.load` may override them, and a checkpoint
 # written before a field existed gets its default.
 RUNTIME_FIELDS = ('use_bf16', 'compile', 'fused_adamw', 'channels_last')
+NOISE_PRIORS = ('standard', 'chunk_cov')  # config.noise_prior (get_base_config)
 
 
 def get_base_config():
@@ -70,6 +73,10 @@ def get_base_config():
     # (channels_last, the image backbones' memory layout, is a network field: utils.network_factory)
     # reward discount gamma per env step (dataset chunk returns); FQL's critic bootstraps with gamma ** Tp
     config.discount = DEFAULT_DISCOUNT
+    # the flow's noise z: 'standard' N(0, I), or 'chunk_cov' N(0, Sigma) with Sigma the covariance of the
+    # training data's normalized action chunks (a data-shaped prior, as PriorGrad's, Lee et al. 2022): the
+    # noise then already has the chunks' correlations and roughness, and the flow only moves it
+    config.noise_prior = 'standard'
     return config
 
 
@@ -96,12 +103,16 @@ class Agent:
             self.model = nn.ModuleDict(self.build_modules(config)).to(device)
         self.trainer = Trainer(self.model, config)
         self.rng = torch.Generator(device).manual_seed(seed)  # training noise and times
+        self.noise_factor = None  # F (Tp*A, Tp*A) with z = F eps, eps ~ N(0, I); None: z ~ N(0, I)
         self.sample_rng = torch.Generator(device).manual_seed(seed + 1)  # sampling noise when seed is None
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def create(cls, shape_meta, config, normalizer_stats=None, seed=0, device='cpu'):
-        """Build the agent from `shape_meta` (obs keys/shapes, action shape) and a `get_config()` config."""
+    def create(cls, shape_meta, config, normalizer_stats=None, seed=0, device='cpu', action_chunks=None):
+        """Build the agent from `shape_meta` (obs keys/shapes, action shape) and a `get_config()` config.
+
+        `action_chunks` (N, Tp, A), raw units (`Dataset.action_chunks(Tp)`), fit the noise prior when
+        `config.noise_prior` is 'chunk_cov'; without them that prior falls back to N(0, I) with a warning."""
         validate_shape_meta(shape_meta)
         config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
         config.shape_meta = ml_collections.ConfigDict(shape_meta)
@@ -110,6 +121,8 @@ class Agent:
         # quaternion dims stay unscaled: the encoders turn them into rotation-matrix columns
         normalizer = Normalizer(quaternion_identity_stats(normalizer_stats, shape_meta), device=device)
         agent = cls(shape_meta, config, normalizer, seed, device)
+        if config.noise_prior == 'chunk_cov':
+            agent.fit_noise_prior(action_chunks)
         if config.compile:  # after every copy (EMA, FQL's target) is made: compiled modules are not copied
             agent.compile_modules()
         return agent
@@ -155,6 +168,7 @@ class Agent:
         _require(0 <= c.ema_max_decay < 1, 'ema_max_decay', c.ema_max_decay, 'a float in [0, 1)')
         _require(c.ema_power > 0, 'ema_power', c.ema_power, 'a positive float')
         _require(0 < c.discount <= 1, 'discount', c.discount, 'a float in (0, 1]')
+        _require(c.noise_prior in NOISE_PRIORS, 'noise_prior', c.noise_prior, f'one of {NOISE_PRIORS}')
         for name in ('use_bf16', 'compile', 'channels_last'):
             _require(isinstance(c[name], bool), name, c[name], 'True or False')
         _require(c.fused_adamw in (None, True, False), 'fused_adamw', c.fused_adamw,
@@ -179,10 +193,38 @@ class Agent:
         """A normalized chunk (B,Tp,A) in [-1, 1] from noise z (B,Tp,A) and `encode`'s features."""
         raise NotImplementedError(f'{type(self).__name__} must define sample_chunk')
 
-    # ----------------------------------------------------------------- training
+    # ----------------------------------------------------------------- noise
+    def fit_noise_prior(self, action_chunks):
+        """Set `noise_factor` to the symmetric square root of the covariance of the normalized chunks
+        (N, Tp, A); eigenvalues are floored at 1e-4 of their mean (constant or padded dims keep a little noise).
+        None: N(0, I), with a warning."""
+        if action_chunks is None:
+            warnings.warn(f"config.noise_prior='chunk_cov' but {type(self).__name__}.create got no "
+                          'action_chunks: the flow noise is N(0, I)', stacklevel=3)
+            self.noise_factor = None
+            return
+        chunks = torch.as_tensor(np.asarray(action_chunks), dtype=torch.float64)
+        want = (int(self.config.horizon_length), self.action_dim)
+        if chunks.dim() != 3 or tuple(chunks.shape[1:]) != want or len(chunks) < 2:
+            raise ValueError(f'action_chunks has shape {tuple(chunks.shape)}, expected (N >= 2, *{want}) '
+                             '(horizon_length, action dim)')
+        flat = self.normalizer.normalize('actions', chunks).flatten(1)  # (N, Tp*A), normalized units
+        eigvals, eigvecs = torch.linalg.eigh(torch.cov(flat.T))
+        eigvals = eigvals.clamp(min=max(1e-4 * eigvals.mean().item(), 1e-12))
+        self.noise_factor = ((eigvecs * eigvals.sqrt()) @ eigvecs.T).float().to(self.device)
+
+    def noise(self, shape, generator, dtype=torch.float32):
+        """Flow noise z of `shape` (B, Tp, A) from the prior (config.noise_prior), drawn with `generator`."""
+        eps = torch.randn(shape, device=self.device, dtype=dtype, generator=generator)
+        if self.noise_factor is None:
+            return eps
+        return (eps.flatten(1) @ self.noise_factor.to(dtype).T).view(shape)
+
     def randn_like(self, x):
-        """Standard normal noise from the agent's training generator."""
-        return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=self.rng)
+        """Flow noise shaped like x (B, Tp, A) from the prior, drawn with the agent's training generator."""
+        return self.noise(x.shape, self.rng, x.dtype)
+
+    # ----------------------------------------------------------------- training
 
     def actor_loss(self, batch):
         """BC loss on a normalized batch on the agent's device."""
@@ -262,7 +304,7 @@ class Agent:
         with eval_mode(model), autocast(self.device, self.config.use_bf16):
             features = self.encode(model, obs)  # encoders run once per call, not per integration step
             shape = (batch_size, int(self.config.horizon_length), self.action_dim)
-            z = torch.randn(shape, device=self.device, generator=generator)
+            z = self.noise(shape, generator)
             chunk = self.sample_chunk(model, features, z, generator)
         return self.normalizer.unnormalize('actions', chunk.float())
 
@@ -284,6 +326,7 @@ class Agent:
             'normalizer': self.normalizer.state_dict(), 'trainer': self.trainer.state_dict(),
             'extra_state': self.extra_state(),
             'rng': {'train': self.rng.get_state(), 'sample': self.sample_rng.get_state()},
+            'noise_factor': None if self.noise_factor is None else self.noise_factor.cpu(),
             'extra': extra,
         }
         save_checkpoint(path, payload, overwrite=overwrite)
@@ -312,7 +355,13 @@ class Agent:
         for name in RUNTIME_FIELDS:  # checkpoints written before a field existed get its default
             if name in overrides or name not in config:
                 config[name] = overrides.get(name, defaults[name])
-        agent = cls.create(payload['shape_meta'], config, None, payload['seed'], pick_device(device))
+        if 'noise_prior' not in config:  # written before the field: standard normal noise
+            config.noise_prior = 'standard'
+        with warnings.catch_warnings():  # the fitted prior comes from the checkpoint below
+            warnings.simplefilter('ignore')
+            agent = cls.create(payload['shape_meta'], config, None, payload['seed'], pick_device(device))
+        factor = payload.get('noise_factor')
+        agent.noise_factor = None if factor is None else factor.to(agent.device)
         agent.normalizer = Normalizer.from_state_dict(payload['normalizer'], device=agent.device)
         agent.trainer.load_state_dict(payload['trainer'])
         agent.load_extra_state(payload['extra_state'])

@@ -132,7 +132,7 @@ class FQLAgent(BCAgent):
         n, b = int(self.config.best_of_n), cond.shape[0]
         rep = lambda x: x.repeat_interleave(n, dim=0)  # (B, ...) -> (B*N, ...)
         shape = (b * n, int(self.config.horizon_length), self.action_dim)
-        z = torch.randn(shape, device=cond.device, dtype=cond.dtype, generator=generator)
+        z = self.noise(shape, generator, cond.dtype)
         chunks = euler_flow(model['actor'], rep(cond), z, int(self.config.flow_steps)).clamp(-1, 1)
         q = model['critic'](rep(critic_cond), chunks).mean(0).view(b, n)  # (B, N)
         best = q.argmax(dim=1)  # (B,)

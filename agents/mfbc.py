@@ -34,10 +34,15 @@ def get_config():
     # adaptive loss weight 1 / stopgrad(||err||^2 + c)^p; 0 disables it (MP1: p 0.5, c 1e-3; MeanFlow 1, 1e-2)
     config.adaptive_p = 0.5
     config.adaptive_c = 1e-3
+    # the noise is shaped like the data's chunks (agents.base: N(0, Sigma), Sigma the covariance of the
+    # normalized training chunks), so the one-step sample z + u(z, 0, 1) inherits their correlations and
+    # roughness and u only moves the noise (docs/MEANFLOW.md: with N(0, I) one-step chunks came out 17x too
+    # rough with 'u', 4x too smooth with 'x')
+    config.noise_prior = 'chunk_cov'
     # what the network outputs: 'u' the average velocity itself (MeanFlow), or 'x' the chunk at t = 1
-    # reached from (x, s), with u = (net - x) / (1 - s): the one-step map is then the network's output,
-    # not z plus a correction that must cancel z (see `average_velocity`)
-    config.prediction = 'x'
+    # reached from (x, s), with u = (net - x) / (1 - s) (see `average_velocity`). 'x' is the better choice
+    # with N(0, I) noise (the network need not cancel z); with the chunk prior 'u' keeps z's fine structure
+    config.prediction = 'u'
     # FBC's 1e-4 is Diffusion Policy's rate for its U-Net over long image runs; the one-step map of the MLP
     # learns far faster at 1e-3 (screen: 1e-3 beat 3e-4 at 2000 steps; scripted Lift 1.00 at 5k steps)
     config.lr = 1e-3

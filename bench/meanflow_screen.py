@@ -33,6 +33,7 @@ MODES, OFFSET_STD = (-0.6, 0.6), 0.1  # dim 1: mode + 0.1 N(0, 1), the same for 
 # spread gives 0.014 (dim 1: 0.006; `python -m bench.meanflow_screen --roughness [files]` prints them).
 NOISE_STD, NOISE_LENGTH = 0.05, 1.2
 OBS_POINTS = (-0.5, 0.0, 0.5)
+PRIOR_CHUNKS = 20000  # training chunks that fit a 'chunk_cov' noise prior (`train`)
 # pass bounds of the five metrics (per observation): |mean error| / data std, |std ratio - 1|,
 # |mass of the upper mode - 0.5|, |corr(a_0, a_{Tp-1}) error|, |mean squared 2nd difference ratio - 1|
 BOUNDS = {'mean': 0.1, 'std': 0.15, 'mode': 0.1, 'corr': 0.05, 'd2': 0.2}
@@ -125,8 +126,9 @@ def screen_config(name, steps, hidden=(256, 256, 256), **overrides):
 
 def train(name, config, steps, seed=0, batch_size=256):
     """Train agent `name` with `config` on `chunk_batch` for `steps` steps; returns (agent, seconds)."""
-    agent = AGENTS[name].create(SHAPE_META, config, normalizer_stats=STATS, seed=seed)
     rng = np.random.default_rng(seed)
+    chunks = chunk_batch(rng, PRIOR_CHUNKS)['actions']  # the data a noise prior is fitted on
+    agent = AGENTS[name].create(SHAPE_META, config, normalizer_stats=STATS, seed=seed, action_chunks=chunks)
     start = time.perf_counter()
     for _ in range(steps):
         agent.update(chunk_batch(rng, batch_size))

@@ -50,8 +50,9 @@ def trained_bc(name, steps=3000):
     config.flow_steps = 100  # fine Euler grid: 10 steps shrink a narrow Gaussian's std by ~15%
     if name != 'fbc':
         config.adaptive_p = 0.0  # the adaptive weight biases what is learned; time draws stay the defaults
-    agent = AGENTS[name].create(SHAPE_META, config, normalizer_stats=STATS, seed=0)
     rng = np.random.default_rng(0)
+    chunks = bc_batch(rng, 20000)['actions']  # the training data a 'chunk_cov' noise prior is fitted on
+    agent = AGENTS[name].create(SHAPE_META, config, normalizer_stats=STATS, seed=0, action_chunks=chunks)
     for _ in range(steps):
         agent.update(bc_batch(rng, 256))
     return agent
@@ -70,16 +71,17 @@ def check_matches_data(agent, std_tol=0.1):
         assert np.mean(near < 3 * MODE_STD) > 0.9, (o, np.mean(near < 3 * MODE_STD))
 
 
-def gaussian_flow(mu, sigma):
-    """Analytic u*(x, s, t) and v*(x, s) for 1-D data N(mu, sigma^2), linear path; mu, sigma broadcast."""
+def gaussian_flow(mu, sigma, noise_std=1.0):
+    """Analytic u*(x, s, t) and v*(x, s) for 1-D data N(mu, sigma^2) and noise N(0, noise_std^2), linear
+    path x_s = (1 - s) z + s a; mu, sigma broadcast."""
     def m(s):
         return s * mu
 
     def std(s):
-        return torch.sqrt((1 - s) ** 2 + s ** 2 * sigma ** 2)
+        return torch.sqrt((1 - s) ** 2 * noise_std ** 2 + s ** 2 * sigma ** 2)
 
     def dstd(s):
-        return (-(1 - s) + s * sigma ** 2) / std(s)
+        return (-(1 - s) * noise_std ** 2 + s * sigma ** 2) / std(s)
 
     def u_star(x, s, t):
         s, t = s.view(-1, 1, 1), t.view(-1, 1, 1)
@@ -116,22 +118,20 @@ def test_fbc_matches_data():
     check_matches_data(trained_bc('fbc'))
 
 
-# Known gap (issue #10): still failing at this round's defaults (prediction 'x'; re-run 2026-12-02). At the
-# previous defaults MFBC had 0.77 of the mass within 3 std of a mode (needs 0.9), IMFBC its std 14% off (needs
-# 10%). Strict: a fix fails the test until the marker goes.
-FLOW_MAP_GAP = 'one-step single-action samples miss the data / the analytic flow map at the defaults'
-
-
-@pytest.mark.xfail(strict=True, reason=FLOW_MAP_GAP)
 @pytest.mark.parametrize('name', ['mfbc', 'imfbc'])
 def test_meanflow_agents_match_data_and_flow_map(name):
     """One-step MFBC / IMFBC samples match the data and the learned u matches the analytic flow map."""
     agent = trained_bc(name)
     check_matches_data(agent)
     model = agent.trainer.eval_model()
+    # the noise of dimension 0: N(0, 1), or with the 'chunk_cov' prior the data's std (the two dims are
+    # independent in the data, so the fitted factor is diagonal up to sampling error)
+    factor = agent.noise_factor
+    noise_std = 1.0 if factor is None else float(factor[0, 0])
+    assert factor is None or abs(float(factor[0, 1])) < 0.02 * noise_std, factor
     for o in OBS_POINTS:
         mu = SLOPE * o  # normalized == raw units for dimension 0 (bounds -1, 1)
-        u_star, _ = gaussian_flow(torch.tensor(mu), torch.tensor(SIGMA))
+        u_star, _ = gaussian_flow(torch.tensor(mu), torch.tensor(SIGMA), noise_std)
         s = torch.tensor([0.0, 0.0, 0.3, 0.5])
         t = torch.tensor([1.0, 0.5, 0.9, 1.0])
         x0 = torch.tensor([-0.8, 0.4, 0.1, 0.3])
@@ -152,15 +152,7 @@ def trained_chunk_agent(name):
     return train(name, config, CHUNK_STEPS, batch_size=CHUNK_BATCH)
 
 
-# Known gap (issue #10): at this budget the default one-step chunks are too smooth and their mean is off.
-# Measured at 5000 steps (seed 0): MFBC mean 0.14 std, corr +0.12, d2 -0.81; IMFBC mean 0.21, corr +0.16,
-# d2 -0.83 (std and modes within bounds). FBC's 10 Euler steps miss the same way (docs/MEANFLOW.md). Strict:
-# a default that passes fails the suite until the marker goes.
-CHUNK_GAP = 'default one-step chunks too smooth (d2 -0.8) and mean 0.14-0.21 std off at 5000 steps'
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=CHUNK_GAP)
 @pytest.mark.parametrize('name', ['mfbc', 'imfbc'])
 def test_meanflow_defaults_learn_chunks_in_one_step(name):
     """One-step samples of the default MFBC / IMFBC match correlated, bimodal, smooth chunks (Tp = 8) per

@@ -5,7 +5,7 @@ Public API (`envs.robomimic_utils.load_datasets` builds these from a robomimic h
     Dataset(storage, starts, lengths, shape_meta, env_meta, seed)
     Dataset.sample_sequence(batch_size, sequence_length, obs_steps=1, discount=0.99, idxs=None) -> dict
     Dataset.add_episode(observations, actions, rewards, dones)   (online replay; RAM storage only)
-    Dataset.normalizer_stats(), .shape_meta, .env_meta, len(), .num_episodes, .rng
+    Dataset.normalizer_stats(), .action_chunks(horizon), .shape_meta, .env_meta, len(), .num_episodes, .rng
 
 Storage: every key is one flat (rows, ...) array over all episodes; precomputed per-step tables
 (row, first row and last row of its episode) turn a batch into a few vectorised gathers.
@@ -133,6 +133,18 @@ class Dataset:
                 stats[key] = self._min_max(self._storage.obs[key][rows])
             self._stats = stats
         return self._stats
+
+    def action_chunks(self, horizon: int, max_chunks: int = 100_000) -> np.ndarray:
+        """Raw action chunks (N, horizon, A) starting at every step (edge padded as in `sample_sequence`);
+        with more steps than `max_chunks`, an evenly spaced subset of them (deterministic)."""
+        if horizon < 1:
+            raise ValueError(f'horizon={horizon} must be >= 1')
+        if len(self) == 0:
+            raise ValueError('cannot take action chunks of an empty dataset (0 episodes)')
+        idxs = np.unique(np.linspace(0, len(self) - 1, min(len(self), max_chunks)).astype(np.int64))
+        chunk = self._step_row[idxs][:, None] + np.arange(horizon)                 # (N, Tp)
+        chunk = np.minimum(chunk, self._step_last[idxs][:, None])
+        return np.asarray(self._storage.actions[chunk], dtype=np.float32)
 
     @staticmethod
     def _min_max(values: np.ndarray) -> dict:
