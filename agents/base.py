@@ -196,8 +196,8 @@ class Agent:
     # ----------------------------------------------------------------- noise
     def fit_noise_prior(self, action_chunks):
         """Set `noise_factor` to the symmetric square root of the covariance of the normalized chunks
-        (N, Tp, A); eigenvalues are floored at 1e-4 of their mean (constant or padded dims keep a little noise).
-        None: N(0, I), with a warning."""
+        (N, Tp, A); eigenvalues are floored at 1e-4 of their mean (constant or padded dims keep a little
+        noise). None: N(0, I), with a warning."""
         if action_chunks is None:
             warnings.warn(f"config.noise_prior='chunk_cov' but {type(self).__name__}.create got no "
                           'action_chunks: the flow noise is N(0, I)', stacklevel=3)

@@ -43,7 +43,9 @@ def make_agent(name, network, obs_type, device='cpu'):
     config.network_type, config.obs_type = network, obs_type
     config.obs_steps, config.horizon_length, config.action_steps = 2, 16, 8
     config.encoder = None  # identity for state, resnet18 for images
-    return AGENTS[name].create(SHAPE_METAS[obs_type], config, seed=0, device=device)
+    # stand-in data for a 'chunk_cov' noise prior (MFBC / IMFBC): its cost, not its values, is measured
+    chunks = np.random.default_rng(0).uniform(-1, 1, (256, 16, SHAPE_METAS[obs_type]['action']['shape'][0]))
+    return AGENTS[name].create(SHAPE_METAS[obs_type], config, seed=0, device=device, action_chunks=chunks)
 
 
 def timed(fn, repeats):

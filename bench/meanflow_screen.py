@@ -171,6 +171,18 @@ SETTINGS = {
     'imf_u_w1': ('imfbc', dict(lr=1e-3, prediction='u', velocity_loss_weight=1.0)),
     'imf_x_w0': ('imfbc', dict(lr=1e-3, prediction='x', velocity_loss_weight=0.0)),
     'imf_x_w1': ('imfbc', dict(lr=1e-3, prediction='x', velocity_loss_weight=1.0)),
+    # the noise prior: N(0, I) ('std') against N(0, Sigma) of the data's chunks ('cov', the default now)
+    'mf_std_x': ('mfbc', dict(noise_prior='standard', prediction='x')),  # the previous default
+    'mf_std_u': ('mfbc', dict(noise_prior='standard', prediction='u')),
+    'mf_cov_x': ('mfbc', dict(noise_prior='chunk_cov', prediction='x')),
+    'mf_cov_u': ('mfbc', dict(noise_prior='chunk_cov', prediction='u')),  # = get_config()
+    'mf_cov_u_fr0.5': ('mfbc', dict(flow_ratio=0.5)),
+    'mf_cov_u_gap': ('mfbc', dict(time_cond='t_gap')),
+    'imf_cov_u_w0': ('imfbc', dict(velocity_loss_weight=0.0)),
+    'imf_cov_u_w0.5': ('imfbc', dict(velocity_loss_weight=0.5)),
+    'imf_cov_u_w1': ('imfbc', dict(velocity_loss_weight=1.0)),  # = get_config()
+    'imf_std_x_w1': ('imfbc', dict(noise_prior='standard', prediction='x')),  # the previous default
+    'fbc_cov': ('fbc', dict(lr=1e-3, noise_prior='chunk_cov')),  # FBC's 10 Euler steps from the same prior
 }
 
 

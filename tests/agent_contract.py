@@ -51,6 +51,12 @@ def raw_batch(shape_meta, rng):
             'masks': np.ones(B, np.float32)}
 
 
+def action_chunks(rng, n=64):
+    """Raw chunks (n, Tp, 2) as a dataset gives them: what a 'chunk_cov' noise prior (MFBC / IMFBC) is fitted
+    on; agents with the standard prior ignore them."""
+    return rng.uniform([-2, 0], [2, 1], (n, TP, 2)).astype(np.float32)
+
+
 def encoder_params(agent):
     """Copies of every encoder parameter (policy encoder and, for FQL, the critic's own)."""
     return {f'{name}.{k}': p.detach().clone() for name, module in agent.model.items() if 'encoder' in name
@@ -60,9 +66,10 @@ def encoder_params(agent):
 def check_update_and_sample(name, network, obs_type):
     """One update: finite losses, encoders change; sampling: shape, units, determinism under a seed."""
     shape_meta = SHAPE_METAS[obs_type]
-    agent = AGENTS[name].create(shape_meta, tiny_config(name, network, obs_type),
-                                normalizer_stats=normalizer_stats(shape_meta), seed=0)
     rng = np.random.default_rng(0)
+    agent = AGENTS[name].create(shape_meta, tiny_config(name, network, obs_type),
+                                normalizer_stats=normalizer_stats(shape_meta), seed=0,
+                                action_chunks=action_chunks(rng))
     batch = raw_batch(shape_meta, rng)
     before = encoder_params(agent)
     assert before, 'the tiny config must give the encoders parameters'
@@ -96,8 +103,10 @@ def check_save_load(name, tmp_path):
     shape_meta = SHAPE_METAS['state']
     config = tiny_config(name, 'mlp', 'state')
     config.use_ema = True
-    agent = AGENTS[name].create(shape_meta, config, normalizer_stats=normalizer_stats(shape_meta), seed=3)
     rng = np.random.default_rng(1)
+    agent = AGENTS[name].create(shape_meta, config, normalizer_stats=normalizer_stats(shape_meta), seed=3,
+                                action_chunks=action_chunks(rng))
+    assert (agent.noise_factor is None) == (config.noise_prior == 'standard')
     for _ in range(3):
         agent.update(raw_batch(shape_meta, rng))
     path = tmp_path / 'agent.pt'
@@ -106,6 +115,8 @@ def check_save_load(name, tmp_path):
         agent.save(path)  # a checkpoint is never overwritten silently
     global_rng = torch.get_rng_state()
     loaded = AGENTS[name].load(path)
+    if agent.noise_factor is not None:
+        assert torch.equal(loaded.noise_factor, agent.noise_factor), 'the fitted noise prior is saved'
     assert torch.equal(torch.get_rng_state(), global_rng), 'the global RNG is the run\'s, not the agent\'s'
     assert loaded.extra == {'dataset_rng': 'state'} and loaded.trainer.step == 3
     obs = raw_batch(shape_meta, rng)['observations']

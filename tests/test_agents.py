@@ -80,3 +80,71 @@ def test_fbc_image_preset_states_only_what_differs():
     base, preset = fbc_config().to_dict(), image_config().to_dict()
     same = [f for f in fields if base[f] == preset[f]]
     assert fields and not same, f'fbc_image.py restates FBC defaults: {same}'
+
+
+def gaussian_chunks(rng, n, cov, stats):
+    """n raw chunks (n, 4, 2) whose normalized values are N(0, cov) (cov 8 x 8): unnormalized by hand."""
+    normalized = rng.multivariate_normal(np.zeros(8), cov, n).reshape(n, 4, 2)
+    lo, hi = stats['actions']['min'], stats['actions']['max']
+    return (normalized * (hi - lo) / 2 + (hi + lo) / 2).astype(np.float32)
+
+
+def test_chunk_noise_prior_has_the_covariance_of_the_normalized_chunks():
+    """noise_prior 'chunk_cov': F is the symmetric square root of the normalized chunks' covariance, and
+    the noise it draws has that covariance; 'standard' draws exactly torch.randn's numbers."""
+    shape_meta = SHAPE_METAS['state']
+    stats = normalizer_stats(shape_meta)
+    k = np.arange(4)
+    smooth = np.exp(-(k[:, None] - k[None]) ** 2 / 2.0)  # correlated along the chunk
+    cov = np.kron(smooth, np.array([[0.09, 0.02], [0.02, 0.04]]))  # (Tp*A, Tp*A), position-major
+    chunks = gaussian_chunks(np.random.default_rng(0), 20000, cov, stats)
+    config = tiny_config('mfbc', 'mlp', 'state')
+    assert config.noise_prior == 'chunk_cov'
+    agent = AGENTS['mfbc'].create(shape_meta, config, normalizer_stats=stats, action_chunks=chunks)
+    f = agent.noise_factor.double()
+    torch.testing.assert_close(f, f.T)
+    normalized = agent.normalizer.normalize('actions', torch.from_numpy(chunks)).flatten(1)
+    empirical = torch.cov(normalized.T.double())
+    torch.testing.assert_close(f @ f, empirical, atol=1e-6, rtol=1e-5)
+    z = agent.noise((200_000, 4, 2), torch.Generator().manual_seed(1))
+    assert z.shape == (200_000, 4, 2)
+    np.testing.assert_allclose(torch.cov(z.flatten(1).T.double()).numpy(), cov, atol=0.01)
+
+    config.noise_prior = 'standard'
+    agent = AGENTS['mfbc'].create(shape_meta, config, normalizer_stats=stats, action_chunks=chunks)
+    assert agent.noise_factor is None
+    torch.testing.assert_close(agent.noise((5, 4, 2), torch.Generator().manual_seed(2)),
+                               torch.randn((5, 4, 2), generator=torch.Generator().manual_seed(2)))
+
+
+def test_chunk_noise_prior_errors_and_fallback():
+    """Chunks of the wrong shape are an error naming the expected one; no chunks warn and give N(0, I)."""
+    shape_meta = SHAPE_METAS['state']
+    config = tiny_config('imfbc', 'mlp', 'state')
+    bad = np.zeros((10, 5, 2), np.float32)  # Tp 5, the config's is 4
+    expected = r'action_chunks has shape \(10, 5, 2\), expected \(N >= 2, \*\(4, 2\)\)'
+    with pytest.raises(ValueError, match=expected):
+        AGENTS['imfbc'].create(shape_meta, config, normalizer_stats=normalizer_stats(shape_meta),
+                               action_chunks=bad)
+    with pytest.warns(UserWarning, match="noise_prior='chunk_cov'.*no action_chunks"):
+        agent = AGENTS['imfbc'].create(shape_meta, config, normalizer_stats=normalizer_stats(shape_meta))
+    assert agent.noise_factor is None
+    config.noise_prior = 'gaussian'
+    with pytest.raises(ValueError, match=r"config.noise_prior='gaussian'"):
+        AGENTS['imfbc'].create(shape_meta, config)
+
+
+def test_checkpoint_without_noise_prior_loads_with_standard_noise(tmp_path):
+    """A checkpoint written before noise_prior existed (no config field, no factor) samples N(0, I) noise."""
+    from utils.training import load_checkpoint, save_checkpoint
+    shape_meta = SHAPE_METAS['state']
+    agent = AGENTS['mfbc'].create(shape_meta, tiny_config('mfbc', 'mlp', 'state'),
+                                  normalizer_stats=normalizer_stats(shape_meta),
+                                  action_chunks=np.random.default_rng(0).uniform(-2, 1, (50, 4, 2)))
+    agent.save(tmp_path / 'new.pt')
+    old = load_checkpoint(tmp_path / 'new.pt')
+    del old['noise_factor'], old['config']['noise_prior']
+    save_checkpoint(tmp_path / 'old.pt', old)
+    loaded = AGENTS['mfbc'].load(tmp_path / 'old.pt')
+    assert loaded.config.noise_prior == 'standard' and loaded.noise_factor is None
+    assert AGENTS['mfbc'].load(tmp_path / 'new.pt').noise_factor is not None

@@ -56,6 +56,19 @@ def test_windows_exact_and_edge_padded(image_file):
     assert batch['observations']['robot0_eef_pos'].dtype == np.float32
 
 
+def test_action_chunks_are_the_windows_actions(image_file):
+    """Dataset.action_chunks(Tp): the action windows of every step, edge padded; a capped count takes evenly
+    spaced steps."""
+    train, _ = load_datasets(image_file, 'image', valid_fraction=0.0)
+    every = train.action_chunks(4)
+    windows = train.sample_sequence(len(train), 4, idxs=np.arange(len(train)))['actions']
+    np.testing.assert_array_equal(every, windows)
+    few = train.action_chunks(4, max_chunks=3)
+    np.testing.assert_array_equal(few, windows[[0, (len(train) - 1) // 2, len(train) - 1]])
+    with pytest.raises(ValueError, match='horizon=0'):
+        train.action_chunks(0)
+
+
 def test_rl_fields_hand_computed(tmp_path):
     # One demo of 4 steps, rewards [0, 0, 1, 1], dones [0, 0, 1, 1].
     path = write_robomimic_file(tmp_path / 'rl.hdf5', lengths=(4,), cameras=(), success_steps=2)

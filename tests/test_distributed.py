@@ -4,6 +4,7 @@ in one process, exact resume at equal world size, and the helpers on their own."
 import os
 import subprocess
 import sys
+import warnings
 
 import ml_collections
 import numpy as np
@@ -77,8 +78,11 @@ def test_two_ranks_take_the_step_of_one_process_on_their_concatenated_batches(ag
 
     # One agent built as the run built it (same seed and config), with the run's normalizer.
     config = ml_collections.ConfigDict(ckpt['config'])
-    one = AGENTS[agent].create(ckpt['shape_meta'], config, seed=ckpt['seed'])
+    with warnings.catch_warnings():  # its noise prior is set from the checkpoint below
+        warnings.simplefilter('ignore')
+        one = AGENTS[agent].create(ckpt['shape_meta'], config, seed=ckpt['seed'])
     one.normalizer = Normalizer.from_state_dict(ckpt['normalizer'])
+    one.noise_factor = ckpt['noise_factor']  # MFBC's noise prior, fitted on the run's data
     start = update_record.agent_state(one)
     for rank in (0, 1):
         assert distributed.digest(update_record.load_record(record, rank)) == distributed.digest(start)
