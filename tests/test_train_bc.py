@@ -57,7 +57,14 @@ def test_every_agent_on_state(agent, lift_state_file, tmp_path):
              f'--eval_episodes={episodes}', '--eval_max_steps=30', *TINY], tmp_path)
     (run_dir,) = run_dirs(tmp_path)
     check_run_dir(run_dir, steps=2, eval_episodes=episodes)
-    assert load_checkpoint(os.path.join(run_dir, 'checkpoints', 'latest.pt'))['agent_name'] == agent
+    ckpt = load_checkpoint(os.path.join(run_dir, 'checkpoints', 'latest.pt'))
+    assert ckpt['agent_name'] == agent
+    # the 'chunk_cov' noise prior (MFBC, IMFBC) is fitted on the file's action chunks: (Tp*A)^2
+    size = int(ckpt['config']['horizon_length']) * int(ckpt['shape_meta']['action']['shape'][0])
+    if ckpt['config']['noise_prior'] == 'chunk_cov':
+        assert tuple(ckpt['noise_factor'].shape) == (size, size)
+    else:
+        assert ckpt['noise_factor'] is None
 
 
 @pytest.mark.slow
