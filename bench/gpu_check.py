@@ -191,6 +191,8 @@ def image_agent(name, device, smoke, **fields):
     """An agent with agents/fbc_image.py's recipe (MFBC: its own fields on top) for the synthetic layout."""
     import importlib
 
+    import torch
+
     from agents import AGENTS
     from bench.agents import SHAPE_METAS
     from utils.shape_meta import rgb_keys
@@ -207,7 +209,10 @@ def image_agent(name, device, smoke, **fields):
         for key in rgb_keys(meta):  # 32x32 cameras
             meta['obs'][key]['shape'] = [3, 32, 32]
     config.update(fields)
-    return AGENTS[name].create(meta, config, seed=0, device=device)
+    # stand-in chunks for a 'chunk_cov' noise prior (MFBC): its cost, not its values, is measured
+    shape = (256, int(config.horizon_length), meta['action']['shape'][0])
+    chunks = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return AGENTS[name].create(meta, config, seed=0, device=device, action_chunks=chunks)
 
 
 def latency(device, smoke, repeats):
