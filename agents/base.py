@@ -218,7 +218,8 @@ class Agent:
         eps = torch.randn(shape, device=self.device, dtype=dtype, generator=generator)
         if self.noise_factor is None:
             return eps
-        return (eps.flatten(1) @ self.noise_factor.to(dtype).T).view(shape)
+        with torch.autocast(torch.device(self.device).type, enabled=False):  # z in `dtype`, not bf16
+            return (eps.flatten(1) @ self.noise_factor.to(dtype).T).view(shape)
 
     def randn_like(self, x):
         """Flow noise shaped like x (B, Tp, A) from the prior, drawn with the agent's training generator."""
