@@ -226,7 +226,6 @@ class Agent:
         return self.noise(x.shape, self.rng, x.dtype)
 
     # ----------------------------------------------------------------- training
-
     def actor_loss(self, batch):
         """BC loss on a normalized batch on the agent's device."""
         cond = self.model['encoder'](batch['observations'])  # (B, To, D)
