@@ -65,6 +65,17 @@ def chunk_batch(rng, batch_size):
     return {'observations': {'obs': o[:, None, None]}, 'actions': sample_chunks(rng, o)}
 
 
+def rl_chunk_batch(rng, batch_size):
+    """`chunk_batch` with the RL fields ACFQL's update reads: zero rewards, no ends, every position valid,
+    next observations drawn like the observations (the screen runs ACFQL with its Q term off, so only its
+    BC flow and the one-step distillation learn anything)."""
+    batch = chunk_batch(rng, batch_size)
+    o = rng.uniform(-1, 1, batch_size).astype(np.float32)
+    batch.update(next_observations={'obs': o[:, None, None]}, rewards=np.zeros(batch_size, np.float32),
+                 masks=np.ones(batch_size, np.float32), valid=np.ones((batch_size, TP), np.float32))
+    return batch
+
+
 def chunk_stats(a):
     """Statistics of chunks a (N, Tp, 2): dim-0 per-position mean and std, upper-mode mass of dim 1,
     corr(a_0, a_{Tp-1}) of dim 0, mean squared second difference along the chunk (both dims)."""
@@ -129,9 +140,10 @@ def train(name, config, steps, seed=0, batch_size=256):
     rng = np.random.default_rng(seed)
     chunks = chunk_batch(rng, PRIOR_CHUNKS)['actions']  # the data a noise prior is fitted on
     agent = AGENTS[name].create(SHAPE_META, config, normalizer_stats=STATS, seed=seed, action_chunks=chunks)
+    draw = rl_chunk_batch if name == 'fql' else chunk_batch
     start = time.perf_counter()
     for _ in range(steps):
-        agent.update(chunk_batch(rng, batch_size))
+        agent.update(draw(rng, batch_size))
     return agent, time.perf_counter() - start
 
 
@@ -183,6 +195,10 @@ SETTINGS = {
     'imf_cov_u_w1': ('imfbc', dict(velocity_loss_weight=1.0)),  # = get_config()
     'imf_std_x_w1': ('imfbc', dict(noise_prior='standard', prediction='x')),  # the previous default
     'fbc_cov': ('fbc', dict(lr=1e-3, noise_prior='chunk_cov')),  # FBC's 10 Euler steps from the same prior
+    # ACFQL's one-step policy distilled from its BC flow, Q term off: its default (N(0, I), the network
+    # outputs the chunk) against the chunk prior with the one-step policy z + net(z, 0, 1)
+    'fql_noq_std_x': ('fql', dict(use_q_loss=False)),
+    'fql_noq_cov_u': ('fql', dict(use_q_loss=False, noise_prior='chunk_cov', onestep_prediction='u')),
 }
 
 
