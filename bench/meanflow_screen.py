@@ -135,19 +135,19 @@ def screen_config(name, steps, hidden=(256, 256, 256), **overrides):
     return config
 
 
-def train(name, config, steps, seed=0, batch_size=256):
-    """Train agent `name` with `config` on `chunk_batch` for `steps` steps; returns (agent, seconds)."""
+def train(name, config, steps, seed=0, batch_size=256, draw=chunk_batch):
+    """Train agent `name` with `config` on batches from `draw` (`chunk_batch`, or `rl_chunk_batch` for an
+    agent that reads RL fields) for `steps` steps; returns (agent, seconds)."""
     rng = np.random.default_rng(seed)
     chunks = chunk_batch(rng, PRIOR_CHUNKS)['actions']  # the data a noise prior is fitted on
     agent = AGENTS[name].create(SHAPE_META, config, normalizer_stats=STATS, seed=seed, action_chunks=chunks)
-    draw = rl_chunk_batch if name == 'fql' else chunk_batch
     start = time.perf_counter()
     for _ in range(steps):
         agent.update(draw(rng, batch_size))
     return agent, time.perf_counter() - start
 
 
-# setting -> (agent, overrides of screen_config). ln(mu, sigma): the ordered pair of logit-normal draws;
+# setting -> (agent, overrides of screen_config[, batch function]). ln(mu, sigma): the ordered pair of logit-normal draws;
 # fr: flow_ratio; end: one_step_ratio; gap: time_cond='t_gap'; p / c: adaptive weight;
 # w: IMFBC's velocity_loss_weight.
 LN02 = dict(time_mu=0.0, time_sigma=2.0, flow_ratio=0.5, lr=1e-3)
@@ -197,8 +197,9 @@ SETTINGS = {
     'fbc_cov': ('fbc', dict(lr=1e-3, noise_prior='chunk_cov')),  # FBC's 10 Euler steps from the same prior
     # ACFQL's one-step policy distilled from its BC flow, Q term off: its default (N(0, I), the network
     # outputs the chunk) against the chunk prior with the one-step policy z + net(z, 0, 1)
-    'fql_noq_std_x': ('fql', dict(use_q_loss=False)),
-    'fql_noq_cov_u': ('fql', dict(use_q_loss=False, noise_prior='chunk_cov', onestep_prediction='u')),
+    'fql_noq_std_x': ('fql', dict(use_q_loss=False), rl_chunk_batch),
+    'fql_noq_cov_u': ('fql', dict(use_q_loss=False, noise_prior='chunk_cov', onestep_prediction='u'),
+                      rl_chunk_batch),
 }
 
 
@@ -225,10 +226,10 @@ def main(argv=None):
     print('| setting | ' + ' | '.join(keys) + ' | pass | train s |')
     print('|---' * (len(keys) + 3) + '|')
     for key in args.settings.split(','):
-        name, overrides = SETTINGS[key]
+        name, overrides, *draw = SETTINGS[key]  # an optional third entry: the batch function
         hidden = tuple(int(h) for h in args.hidden.split(','))
         config = screen_config(name, args.steps, hidden=hidden, **overrides)
-        agent, secs = train(name, config, args.steps, args.seed, args.batch)
+        agent, secs = train(name, config, args.steps, args.seed, args.batch, *draw)
         m = chunk_metrics(agent)
         ok = all(abs(m[k]) <= BOUNDS[k] for k in keys)
         print(f'| {key} | ' + ' | '.join(f'{m[k]:+.3f}' for k in keys) + f' | {"yes" if ok else "no"} '
