@@ -147,9 +147,9 @@ def train(name, config, steps, seed=0, batch_size=256, draw=chunk_batch):
     return agent, time.perf_counter() - start
 
 
-# setting -> (agent, overrides of screen_config[, batch function]). ln(mu, sigma): the ordered pair of logit-normal draws;
-# fr: flow_ratio; end: one_step_ratio; gap: time_cond='t_gap'; p / c: adaptive weight;
-# w: IMFBC's velocity_loss_weight.
+# setting -> (agent, overrides of screen_config[, batch function, default chunk_batch]). ln(mu, sigma): the
+# ordered pair of logit-normal draws; fr: flow_ratio; end: one_step_ratio; gap: time_cond='t_gap';
+# p / c: adaptive weight; w: IMFBC's velocity_loss_weight.
 LN02 = dict(time_mu=0.0, time_sigma=2.0, flow_ratio=0.5, lr=1e-3)
 SETTINGS = {
     'mf_ln0.4_1_fr0.75': ('mfbc', dict(LN02, time_mu=0.4, time_sigma=1.0, flow_ratio=0.75)),
