@@ -149,8 +149,9 @@ def read_train_csv(save_dir):
     return out
 
 
-def run_train(name, cmd, save_dir, deadline, reserve_s):
-    """Run one training command with the time left minus `reserve_s`; returns its result row."""
+def run_train(name, cmd, save_dir, deadline, reserve_s, env=None):
+    """Run one training command with the time left minus `reserve_s`; returns its result row (with the
+    stderr tail when it failed or ran out of time)."""
     timeout = deadline.left() - reserve_s
     row = {'name': name, 'command': ' '.join(cmd)}
     if timeout < 20:
@@ -160,17 +161,35 @@ def run_train(name, cmd, save_dir, deadline, reserve_s):
     start = time.monotonic()
     with GpuSampler() as gpu:
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                                  env=None if env is None else {**os.environ, **env})
             row['rc'] = proc.returncode
             if proc.returncode != 0:
                 row['stderr_tail'] = proc.stderr[-2000:]
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             row.update(rc=None, timed_out_after_s=round(timeout))
+            err = e.stderr.decode(errors='replace') if isinstance(e.stderr, bytes) else (e.stderr or '')
+            row['stderr_tail'] = err[-2000:]
     row['wall_s'] = round(time.monotonic() - start, 1)
     row.update(read_train_csv(save_dir))
     row['gpu'] = gpu.summary()
     print(f'{name}: ' + json.dumps({k: v for k, v in row.items() if k != 'command'}), flush=True)
     return row
+
+
+def write_profile(prof_path, txt_path, top=45):
+    """The cProfile stats of a run as text (top functions by cumulative and by own time); returns the path."""
+    import io
+    import pstats
+
+    buf = io.StringIO()
+    stats = pstats.Stats(prof_path, stream=buf).strip_dirs()
+    stats.sort_stats('cumulative').print_stats(top)
+    stats.sort_stats('tottime').print_stats(top)
+    with open(txt_path, 'w') as fh:
+        fh.write(buf.getvalue())
+    print(f'profile: wrote {txt_path}', flush=True)
+    return txt_path
 
 
 def median_ms(fn, repeats, sync):
@@ -306,11 +325,23 @@ def main(argv=None):
     parser.add_argument('--out', default=None, help='folder for gpu_check.json (default: a temp folder)')
     parser.add_argument('--skip', default='',
                         help='comma-separated: latency,meanflow,train,torchrun,compiled (the compiled runs)')
+    parser.add_argument('--runs', default='',
+                        help="comma-separated train runs to keep, e.g. 'fp32 eager,fp32 compiled' (default all)")
+    parser.add_argument('--profile', action='store_true',
+                        help="run 'fp32 eager' under cProfile; the main thread's top functions go to "
+                             '<out>/profile_fp32_eager.txt')
+    parser.add_argument('--torch_logs', default='',
+                        help="TORCH_LOGS for the compiled runs (e.g. 'recompiles'); seen in their stderr tail")
     args = parser.parse_args(argv)
     budget = args.budget_s or (600.0 if args.smoke else 270.0)
     deadline = Deadline(budget)
     steps = args.steps or (6 if args.smoke else 300)
     skip = {s for s in args.skip.split(',') if s}
+    keep = {r.strip() for r in args.runs.split(',') if r.strip()}
+    unknown = keep - {name for name, _, _ in RUNS} - {'torchrun 1 proc'}
+    if unknown:
+        parser.error(f'--runs={args.runs}: unknown {sorted(unknown)}; expected names of {[r[0] for r in RUNS]} '
+                     "or 'torchrun 1 proc'")
     import torch
 
     device = 'cpu' if args.smoke else 'cuda'
@@ -349,10 +380,17 @@ def main(argv=None):
                 plan.append(('torchrun 1 proc', [*torchrun, 'train_bc.py',
                                                  *train_args(data, save, device, steps, args.smoke, False,
                                                              False)]))
+        plan = [(name, cmd) for name, cmd in plan if not keep or name in keep]
+        profile = os.path.join(tmp, 'fp32_eager.prof')
         for i, (name, cmd) in enumerate(plan):
             save_dir = next(a.split('=', 1)[1] for a in cmd if a.startswith('--save_dir='))
             reserve = 5.0 * (len(plan) - i - 1) + 30  # later runs' skip lines, the compile probe
-            runs.append(run_train(name, cmd, save_dir, deadline, reserve))
+            if args.profile and name == 'fp32 eager':
+                cmd = [cmd[0], '-m', 'cProfile', '-o', profile, *cmd[1:]]
+            env = {'TORCH_LOGS': args.torch_logs} if args.torch_logs and 'compiled' in name else None
+            runs.append(run_train(name, cmd, save_dir, deadline, reserve, env))
+        if args.profile and os.path.exists(profile):
+            summary['profile'] = write_profile(profile, os.path.join(out, 'profile_fp32_eager.txt'))
     summary['train_runs'] = runs
     if 'meanflow' not in skip:  # last: compiling the JVP may take a while, and the runs matter more
         summary['meanflow_compile'] = section(

@@ -1,9 +1,11 @@
 """Our ChiUNet training step at Diffusion Policy's shapes, optionally side by side with its ConditionalUnet1D.
 
     python -m bench.unet_reference [--dp_path ~/src/diffusion_policy] [--threads 1] [--rounds 10] [--compile]
+                                   [--device cuda]
 
-One step = forward, MSE against a random target, backward, AdamW step; timed in process CPU time (so other
-jobs on the machine count less), the two networks alternated in one process, median over `--rounds`. The
+One step = forward, MSE against a random target, backward, AdamW step; timed in process CPU time on the CPU
+(so other jobs on the machine count less) and in wall time after a device synchronize on CUDA, the two
+networks alternated in one process, median over `--rounds`. The
 shapes are Diffusion Policy's with our defaults: A 7, Tp 16, To 2, channels (128, 256, 256), kernel 5,
 GroupNorm 8, FiLM scale and bias, a 256-wide time embedding; a state-sized condition (23-D per step, B 256)
 and an image-sized one (1033-D per step: two 512-D ResNet features and 9 low-dim dims, B 64). FLOPs of
@@ -41,11 +43,12 @@ def build(kind, cond_dim, dp_path=None):
     return net, lambda x, t, c: net(x, t * 1000, global_cond=c.reshape(len(c), -1))
 
 
-def make_step(net, forward, batch, cond_dim):
+def make_step(net, forward, batch, cond_dim, device='cpu'):
     """A closure running one training step on fixed random inputs."""
+    net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x, c = torch.randn(batch, TP, A), torch.randn(batch, TO, cond_dim)
-    t, y = torch.rand(batch), torch.randn(batch, TP, A)
+    x, c = torch.randn(batch, TP, A, device=device), torch.randn(batch, TO, cond_dim, device=device)
+    t, y = torch.rand(batch, device=device), torch.randn(batch, TP, A, device=device)
 
     def step():
         loss = (forward(x, t, c) - y).square().mean()
@@ -70,14 +73,20 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--rounds', type=int, default=10)
     parser.add_argument('--compile', action='store_true', help='torch.compile both networks (Module.compile)')
+    parser.add_argument('--device', default='cpu', help="'cpu' (process time) or 'cuda' (synchronized wall time)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    cuda = args.device.startswith('cuda')
+    if cuda and not torch.cuda.is_available():
+        parser.error(f'--device={args.device}: torch sees no CUDA device')
+    clock = time.perf_counter if cuda else time.process_time
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     kinds = ['ours'] + (['dp'] if args.dp_path else [])
     for label, batch, cond_dim in SHAPES:
         steps, row = {}, {}
         for kind in kinds:
             net, forward = build(kind, cond_dim, args.dp_path)
-            step, inputs = make_step(net, forward, batch, cond_dim)
+            step, inputs = make_step(net, forward, batch, cond_dim, args.device)
             row[kind] = {'params_m': sum(p.numel() for p in net.parameters()) / 1e6,
                          'gflop': flops(forward, inputs) / 1e9}
             if args.compile:
@@ -85,14 +94,17 @@ def main(argv=None):
             start = time.perf_counter()
             for _ in range(3):  # warm-up (and compilation)
                 step()
+            sync()
             row[kind]['warmup_s'] = time.perf_counter() - start
             steps[kind] = step
         times = {kind: [] for kind in kinds}
         for _ in range(args.rounds):
             for kind in kinds:
-                start = time.process_time()
+                sync()
+                start = clock()
                 steps[kind]()
-                times[kind].append(time.process_time() - start)
+                sync()
+                times[kind].append(clock() - start)
         parts = []
         for kind in kinds:
             ms = sorted(times[kind])[len(times[kind]) // 2] * 1000
@@ -103,7 +115,8 @@ def main(argv=None):
         ratio = (f", ours / dp {row['ours']['ms'] / row['dp']['ms']:.3f} time, "
                  f"{row['ours']['gflop'] / row['dp']['gflop']:.4f} FLOPs") if 'dp' in row else ''
         mode = 'compiled' if args.compile else 'eager'
-        head = f'{label}, B={batch}, {mode}, {args.threads} thread(s): '
+        where = args.device if cuda else f'{args.threads} thread(s)'
+        head = f'{label}, B={batch}, {mode}, {where}: '
         print(head + '; '.join(parts) + ratio, flush=True)
 
 

@@ -324,3 +324,26 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     lat = summary['latency']
     assert {r['agent'] for r in lat} == {'fbc', 'mfbc'} and all(r['ms'] > 0 for r in lat)
     assert summary['meanflow']['bf16_rel_diff'] and 'compiled_jvp_s' in summary['meanflow_compile']
+
+
+@pytest.mark.slow
+def test_gpu_check_profiles_the_runs_it_is_asked_for(tmp_path):
+    """`--runs` keeps the named train runs; `--profile` writes the eager run's cProfile top functions."""
+    out = tmp_path / 'out'
+    cmd = [sys.executable, '-m', 'bench.gpu_check', '--smoke', '--skip=latency,meanflow', '--runs=fp32 eager',
+           '--profile', f'--out={out}']
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+
+    summary = json.loads((out / 'gpu_check.json').read_text())
+    assert [r['name'] for r in summary['train_runs']] == ['fp32 eager']
+    assert summary['train_runs'][0]['rc'] == 0
+    text = (out / 'profile_fp32_eager.txt').read_text()
+    assert 'cumulative' in text and 'train_bc.py' in text
+
+
+def test_gpu_check_rejects_an_unknown_run_name():
+    proc = subprocess.run([sys.executable, '-m', 'bench.gpu_check', '--smoke', '--runs=fp16 eager'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--runs=fp16 eager: unknown ['fp16 eager']" in proc.stderr
