@@ -24,7 +24,7 @@ from utils.datasets import DEFAULT_DISCOUNT
 from utils.network_factory import get_network_and_encoder, get_network_config
 from utils.normalizer import Normalizer
 from utils.shape_meta import OBS_TYPES, obs_type_of, quaternion_identity_stats, validate_shape_meta
-from utils.torch_utils import pick_device, to_torch
+from utils.torch_utils import host_floats, pick_device, to_torch
 from utils.training import (
     Trainer,
     autocast,
@@ -261,7 +261,7 @@ class Agent:
         info.update(self.trainer.apply(loss))
         self.after_step()
         info['train/step'] = self.trainer.step
-        return {k: float(v) for k, v in info.items()}
+        return host_floats(info)
 
     @torch.no_grad()
     def validation_losses(self, batch, generator):

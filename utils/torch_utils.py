@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-__all__ = ['cuda_memory_stats', 'pick_device', 'to_torch']
+__all__ = ['cuda_memory_stats', 'host_floats', 'pick_device', 'to_torch']
 
 
 def pick_device(device='auto'):
@@ -48,3 +48,19 @@ def cuda_memory_stats(device):
     if device.type != 'cuda':
         return {}
     return {'gpu_mem_max_gb': round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+
+
+def host_floats(info):
+    """Plain floats from a dict of numbers and 0-d tensors, in its order, with one device-to-host copy per
+    device for all the tensors (a float() each would wait for the device once per entry)."""
+    out = {k: float(v) for k, v in info.items() if not torch.is_tensor(v)}
+    by_device = {}
+    for k, v in info.items():
+        if torch.is_tensor(v):
+            if v.numel() != 1:
+                raise ValueError(f'info[{k!r}] has shape {tuple(v.shape)}; expected a scalar')
+            by_device.setdefault(v.device, []).append(k)
+    for keys in by_device.values():
+        values = torch.stack([info[k].detach().reshape(()).float() for k in keys]).tolist()
+        out.update(zip(keys, values))
+    return {k: out[k] for k in info}

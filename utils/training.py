@@ -73,15 +73,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model):
-        """Move the average toward `model`'s current weights."""
+        """Move the average toward `model`'s current weights (one multi-tensor lerp and one copy per step:
+        a per-tensor loop costs a kernel launch per parameter, which is what a GPU step waits on)."""
         d = self.decay()
-        for p_ema, p in zip(self.module.parameters(), model.parameters(), strict=True):
-            if p.requires_grad:
-                p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - d)
-            else:
-                p_ema.copy_(p)
-        for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            b_ema.copy_(b)
+        lerp, copies = _pairs(self.module, model)
+        if lerp[0]:
+            torch._foreach_lerp_(lerp[0], lerp[1], 1.0 - d)
+        if copies[0]:
+            torch._foreach_copy_(copies[0], copies[1])
         self.num_updates += 1
         return d
 
@@ -95,13 +94,36 @@ class EMA:
         self.num_updates = int(state['num_updates'])
 
 
+def _pairs(target, source, lerp_all=False):
+    """([target tensors], [source tensors]) to lerp and to copy, matched in parameter then buffer order.
+
+    Trainable parameters are lerped (all parameters with `lerp_all`), toward the source cast to the
+    target's dtype; frozen ones, and buffers, are copied. Mismatched module trees are a ValueError.
+    """
+    lerp, copies = ([], []), ([], [])
+    t_params, s_params = list(target.parameters()), list(source.parameters())
+    t_bufs, s_bufs = list(target.buffers()), list(source.buffers())
+    if len(t_params) != len(s_params) or len(t_bufs) != len(s_bufs):
+        raise ValueError(f'averaged copy and model differ: {len(t_params)} / {len(s_params)} parameters, '
+                         f'{len(t_bufs)} / {len(s_bufs)} buffers')
+    for t, s in zip(t_params, s_params):
+        if lerp_all or s.requires_grad:
+            lerp[0].append(t), lerp[1].append(s.detach().to(t.dtype))  # .to is a no-op at equal dtypes
+        else:
+            copies[0].append(t), copies[1].append(s.detach())
+    for t, s in zip(t_bufs, s_bufs):
+        copies[0].append(t), copies[1].append(s)
+    return lerp, copies
+
+
 @torch.no_grad()
 def polyak_update(target, source, tau):
-    """target <- (1 - tau) * target + tau * source, parameters only; buffers copied."""
-    for p_t, p in zip(target.parameters(), source.parameters(), strict=True):
-        p_t.lerp_(p.detach(), tau)
-    for b_t, b in zip(target.buffers(), source.buffers(), strict=True):
-        b_t.copy_(b)
+    """target <- (1 - tau) * target + tau * source, parameters only; buffers copied (multi-tensor ops)."""
+    lerp, copies = _pairs(target, source, lerp_all=True)
+    if lerp[0]:
+        torch._foreach_lerp_(lerp[0], lerp[1], tau)
+    if copies[0]:
+        torch._foreach_copy_(copies[0], copies[1])
 
 
 def autocast(device, enabled):
@@ -156,10 +178,10 @@ class Trainer:
         average_gradients(self.params)  # under torchrun: the mean over ranks, before clipping (else a no-op)
         if self.grad_clip_norm is not None and self.grad_clip_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip_norm)
-        else:
-            grads = [p.grad.detach().norm() for p in self.params if p.grad is not None]
-            grad_norm = torch.stack(grads).norm() if grads else torch.zeros(())
-        info = {'train/lr': self.scheduler.get_last_lr()[0], 'train/grad_norm': float(grad_norm)}
+        else:  # the same norm without clipping, in one multi-tensor call
+            grads = [p.grad for p in self.params if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        info = {'train/lr': self.scheduler.get_last_lr()[0], 'train/grad_norm': grad_norm.detach()}
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
