@@ -16,8 +16,12 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
 from agents import AGENTS
+from agents.imfbc import IMFBCAgent
+from agents.mfbc import full_precision, jvp_along_s
+from utils.network_utils import batch_times
 
 TP, ACTION_DIM = 8, 2
 SHAPE_META = {'obs': {'obs': {'shape': [1], 'type': 'low_dim'}}, 'action': {'shape': [ACTION_DIM]}}
@@ -123,7 +127,8 @@ def chunk_metrics(agent, n=4000, seed=1):
 def screen_config(name, steps, hidden=(256, 256, 256), **overrides):
     """The agent's get_config() resized for the screen (MLP `hidden`, emb 64, To 1, Tp 8, a cosine schedule
     of `steps` with 100 warmup steps), adaptive_p = 0, then `overrides`. Every other field is the default."""
-    config = importlib.import_module(f'agents.{name}').get_config()
+    module = SCREEN_AGENTS[name][1] if name in SCREEN_AGENTS else name
+    config = importlib.import_module(f'agents.{module}').get_config()
     config.obs_steps, config.horizon_length, config.action_steps = 1, TP, TP
     config.encoder = 'identity'
     config.mlp_hidden_dims = tuple(hidden)
@@ -135,12 +140,61 @@ def screen_config(name, steps, hidden=(256, 256, 256), **overrides):
     return config
 
 
+class VelocityHeadMLP(nn.Module):
+    """The MLP plus iMF's auxiliary velocity head: a second linear output on the same trunk. `forward` is
+    the MLP's (u); `velocity(x, s, t, cond)` is the head's instantaneous velocity at x, conditioned on both
+    times as in the official iMF (its v-head shares the u pass's inputs, and is read at zero gap for the
+    JVP tangent)."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        self.mlp = mlp
+        self.v_out = nn.Linear(mlp.out.in_features, mlp.out.out_features)
+
+    def forward(self, x, s, t, cond):
+        return self.mlp(x, s, t, cond)
+
+    def velocity(self, x, s, t, cond):
+        m, b = self.mlp, x.shape[0]
+        s, t = batch_times(s, b, x), batch_times(t, b, x)
+        h = m.trunk(torch.cat([x.reshape(b, -1), m.time_emb(s, t), cond.reshape(b, -1)], dim=-1))
+        return self.v_out(h).reshape(x.shape)
+
+
+class VelocityHeadIMFBC(IMFBCAgent):
+    """IMFBC with iMF's separate velocity head (screen only; the agent uses u(x, s, s) of the same output):
+    the head at (x_s, s, s) is the JVP tangent, and it is trained at the sample's own (x_s, s, t) toward
+    v_cond with `velocity_loss_weight`, beside the compound loss."""
+
+    def build_modules(self, config):
+        modules = super().build_modules(config)
+        modules['actor'] = VelocityHeadMLP(modules['actor'])
+        return modules
+
+    def flow_loss(self, net, cond, actions):
+        s, t, x_s, v_cond = self.draw_points(actions)
+        cond = full_precision(cond)
+        with torch.no_grad():
+            tangent = net.velocity(x_s, s, s, cond)
+        u, du_ds = jvp_along_s(self.average_velocity(net, cond), x_s, s, t, tangent)
+        compound = u - (t - s)[:, None, None] * du_ds.detach()
+        err_u = (compound - v_cond).pow(2).flatten(1).sum(1)
+        err_v = (net.velocity(x_s, s, t, cond) - v_cond).pow(2).flatten(1).sum(1)
+        loss = self.weighted_mean(err_u) + self.config.velocity_loss_weight * self.weighted_mean(err_v)
+        return loss, {'actor/imf_u_loss': err_u.detach().mean(), 'actor/imf_v_loss': err_v.detach().mean(),
+                      'actor/loss': loss.detach()}
+
+
+SCREEN_AGENTS = {'imfbc_vhead': (VelocityHeadIMFBC, 'imfbc')}  # name -> (class, module of its get_config)
+
+
 def train(name, config, steps, seed=0, batch_size=256, draw=chunk_batch):
-    """Train agent `name` with `config` on batches from `draw` (`chunk_batch`, or `rl_chunk_batch` for an
-    agent that reads RL fields) for `steps` steps; returns (agent, seconds)."""
+    """Train agent `name` (of AGENTS or SCREEN_AGENTS) with `config` on batches from `draw` (`chunk_batch`,
+    or `rl_chunk_batch` for an agent that reads RL fields) for `steps` steps; returns (agent, seconds)."""
     rng = np.random.default_rng(seed)
     chunks = chunk_batch(rng, PRIOR_CHUNKS)['actions']  # the data a noise prior is fitted on
-    agent = AGENTS[name].create(SHAPE_META, config, normalizer_stats=STATS, seed=seed, action_chunks=chunks)
+    cls = SCREEN_AGENTS[name][0] if name in SCREEN_AGENTS else AGENTS[name]
+    agent = cls.create(SHAPE_META, config, normalizer_stats=STATS, seed=seed, action_chunks=chunks)
     start = time.perf_counter()
     for _ in range(steps):
         agent.update(draw(rng, batch_size))
@@ -194,6 +248,9 @@ SETTINGS = {
     'imf_cov_u_w0.5': ('imfbc', dict(velocity_loss_weight=0.5)),
     'imf_cov_u_w1': ('imfbc', dict(velocity_loss_weight=1.0)),  # = get_config()
     'imf_std_x_w1': ('imfbc', dict(noise_prior='standard', prediction='x')),  # the previous default
+    # iMF's separate velocity head (the official code's form) against u(x, s, s) above
+    'imf_vhead_w1': ('imfbc_vhead', dict(velocity_loss_weight=1.0)),
+    'imf_vhead_w0.5': ('imfbc_vhead', dict(velocity_loss_weight=0.5)),
     'fbc_cov': ('fbc', dict(lr=1e-3, noise_prior='chunk_cov')),  # FBC's 10 Euler steps from the same prior
     # ACFQL's one-step policy distilled from its BC flow, Q term off: its default (N(0, I), the network
     # outputs the chunk) against the chunk prior with the one-step policy z + net(z, 0, 1)

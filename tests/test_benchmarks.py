@@ -90,3 +90,31 @@ def test_update_ratio_reports_the_parts():
     assert all(row[k] > 0 for k in parts), row
     # the target is inside the actor loss
     assert row['euler_target_over_ref'] < row['actor_loss_over_ref'], row
+
+
+def test_meanflow_screen_velocity_head_is_the_tangent_and_is_trained():
+    """bench.meanflow_screen's iMF variant: the separate head at (x_s, s, s), without gradient, is the JVP
+    tangent; the head at the sample's (x_s, s, t) is trained (its weights move), and sampling reads u."""
+    import numpy as np
+    import torch
+
+    from bench.meanflow_screen import VelocityHeadMLP, chunk_batch, screen_config, train
+
+    config = screen_config('imfbc_vhead', 20)
+    fresh, _ = train('imfbc_vhead', config, 0)
+    agent, _ = train('imfbc_vhead', config, 5)
+    net = agent.model['actor']
+    assert isinstance(net, VelocityHeadMLP)
+    assert not torch.allclose(net.v_out.weight, fresh.model['actor'].v_out.weight)
+    calls, head = [], net.velocity
+
+    def spy(x, s, t, cond):
+        calls.append((torch.equal(s, t), torch.is_grad_enabled()))
+        return head(x, s, t, cond)
+
+    net.velocity = spy
+    batch = agent.prepare_batch(chunk_batch(np.random.default_rng(0), 8))
+    agent.flow_loss(net, agent.model['encoder'](batch['observations']), batch['actions'])
+    assert calls == [(True, False), (False, True)]
+    samples = agent.sample_actions({'obs': np.zeros((4, 1, 1), np.float32)}, seed=0)
+    assert samples.shape == (4, 8, 2) and torch.isfinite(samples).all()
