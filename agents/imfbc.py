@@ -6,7 +6,9 @@ and used, without gradient, as the JVP tangent: du/ds = d/de u_theta(x_s + e v_t
 loss regresses the compound V_theta = u_theta(x_s, s, t) - (t - s) stopgrad(du/ds) onto v_cond = a - z.
 Both terms take MFBC's adaptive weight; the time draws, the noise prior (N(0, Sigma) of the data's chunks),
 `prediction` ('u') and the sampler are MFBC's. The official iMF code trains v_theta as an auxiliary output
-head with weight 1; here it is u(x, s, s) of the same network (a separate head was not measured against it).
+head with weight 1; here it is u(x, s, s) of the same network. That head, measured on the same screen
+(`bench.meanflow_screen` settings imf_vhead_w1 / imf_vhead_w0.5, seeds 0 and 1), was not better: it missed
+the correlation bound on seed 0 (+0.062, +0.079) and was rougher (d2 +13 to +18% against +7 to +11%).
 
 Default weight 1 (iMF's). On the smooth synthetic chunks of bench/meanflow_screen.py (docs/MEANFLOW.md; Tp 8,
 MLP 3 x 256, 5000 steps, adaptive_p 0, lr 1e-3, seed 0, the default prior and prediction), weights 0, 0.5
