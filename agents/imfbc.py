@@ -46,15 +46,21 @@ class IMFBCAgent(MFBCAgent):
         w = config.velocity_loss_weight
         _require(w >= 0, 'velocity_loss_weight', w, 'a float >= 0 (0 = no extra velocity loss)')
 
+    def velocities(self, net, u_fn, cond, x_s, s, t):
+        """(JVP tangent without gradient, the velocity the extra loss trains): both the instantaneous
+        velocity v_theta(x_s, s) = u(x_s, s, s), with gradient only when the loss uses it."""
+        with torch.set_grad_enabled(self.config.velocity_loss_weight > 0 and torch.is_grad_enabled()):
+            v_pred = u_fn(x_s, s, s)
+        return v_pred.detach(), v_pred
+
     def flow_loss(self, net, cond, actions):
         """Compound loss || V - v_cond ||^2 [+ w || u(x_s, s, s) - v_cond ||^2]; JVP tangent (sg(v), 1, 0)."""
         s, t, x_s, v_cond = self.draw_points(actions)
         cond = full_precision(cond)  # bf16 under autocast; the JVP runs in fp32 (jvp_along_s)
         w = self.config.velocity_loss_weight
         u_fn = self.average_velocity(net, cond)
-        with torch.set_grad_enabled(w > 0 and torch.is_grad_enabled()):
-            v_pred = u_fn(x_s, s, s)  # instantaneous velocity v_theta(x_s, s)
-        u, du_ds = jvp_along_s(u_fn, x_s, s, t, v_pred.detach())
+        tangent, v_pred = self.velocities(net, u_fn, cond, x_s, s, t)
+        u, du_ds = jvp_along_s(u_fn, x_s, s, t, tangent)
         compound = u - (t - s)[:, None, None] * du_ds.detach()  # estimate of v(x_s, s)
         err_u = (compound - v_cond).pow(2).flatten(1).sum(1)  # (B,)
         err_v = (v_pred - v_cond).pow(2).flatten(1).sum(1)  # (B,)

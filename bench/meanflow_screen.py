@@ -20,8 +20,6 @@ from torch import nn
 
 from agents import AGENTS
 from agents.imfbc import IMFBCAgent
-from agents.mfbc import full_precision, jvp_along_s
-from utils.network_utils import batch_times
 
 TP, ACTION_DIM = 8, 2
 SHAPE_META = {'obs': {'obs': {'shape': [1], 'type': 'low_dim'}}, 'action': {'shape': [ACTION_DIM]}}
@@ -155,10 +153,7 @@ class VelocityHeadMLP(nn.Module):
         return self.mlp(x, s, t, cond)
 
     def velocity(self, x, s, t, cond):
-        m, b = self.mlp, x.shape[0]
-        s, t = batch_times(s, b, x), batch_times(t, b, x)
-        h = m.trunk(torch.cat([x.reshape(b, -1), m.time_emb(s, t), cond.reshape(b, -1)], dim=-1))
-        return self.v_out(h).reshape(x.shape)
+        return self.v_out(self.mlp.features(x, s, t, cond)).reshape(x.shape)
 
 
 class VelocityHeadIMFBC(IMFBCAgent):
@@ -171,18 +166,10 @@ class VelocityHeadIMFBC(IMFBCAgent):
         modules['actor'] = VelocityHeadMLP(modules['actor'])
         return modules
 
-    def flow_loss(self, net, cond, actions):
-        s, t, x_s, v_cond = self.draw_points(actions)
-        cond = full_precision(cond)
+    def velocities(self, net, u_fn, cond, x_s, s, t):
         with torch.no_grad():
             tangent = net.velocity(x_s, s, s, cond)
-        u, du_ds = jvp_along_s(self.average_velocity(net, cond), x_s, s, t, tangent)
-        compound = u - (t - s)[:, None, None] * du_ds.detach()
-        err_u = (compound - v_cond).pow(2).flatten(1).sum(1)
-        err_v = (net.velocity(x_s, s, t, cond) - v_cond).pow(2).flatten(1).sum(1)
-        loss = self.weighted_mean(err_u) + self.config.velocity_loss_weight * self.weighted_mean(err_v)
-        return loss, {'actor/imf_u_loss': err_u.detach().mean(), 'actor/imf_v_loss': err_v.detach().mean(),
-                      'actor/loss': loss.detach()}
+        return tangent, net.velocity(x_s, s, t, cond)
 
 
 SCREEN_AGENTS = {'imfbc_vhead': (VelocityHeadIMFBC, 'imfbc')}  # name -> (class, module of its get_config)

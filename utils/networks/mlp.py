@@ -27,14 +27,18 @@ class MLP(nn.Module):
         self.out = nn.Linear(hidden_dims[-1], horizon * action_dim)
         self.scalar_head = zero_linear(hidden_dims[-1], 1)
 
-    def forward(self, x, s, t, cond):
-        """Predict (B, Tp, A) and a (B, 1) scalar."""
+    def features(self, x, s, t, cond):
+        """The trunk's last hidden layer (B, H), which the output heads read."""
         check_inputs(x, cond, self.horizon, self.action_dim, self.obs_steps, self.cond_dim, 'MLP')
         b = x.shape[0]
         s, t = batch_times(s, b, x), batch_times(t, b, x)
         h = torch.cat([x.reshape(b, -1), self.time_emb(s, t), cond.reshape(b, -1)], dim=-1)  # (B, in_dim)
-        h = self.trunk(h)
-        y = self.out(h).reshape(b, self.horizon, self.action_dim)  # (B, Tp, A)
+        return self.trunk(h)
+
+    def forward(self, x, s, t, cond):
+        """Predict (B, Tp, A) and a (B, 1) scalar."""
+        h = self.features(x, s, t, cond)
+        y = self.out(h).reshape(x.shape[0], self.horizon, self.action_dim)  # (B, Tp, A)
         return y, self.scalar_head(h)
 
     def conditioned(self, cond):
