@@ -234,8 +234,9 @@ def trained_fql(use_q_loss, steps=2500):
     config.alpha = 0.1
     config.use_q_loss = use_q_loss
     shape_meta = {'obs': {'obs': {'shape': [1], 'type': 'low_dim'}}, 'action': {'shape': [1]}}
-    agent = AGENTS['fql'].create(shape_meta, config, seed=0)
     rng = np.random.default_rng(1)
+    chunks = fql_batch(np.random.default_rng(4), 4096)['actions']  # the default prior's fit, as train_bc's
+    agent = AGENTS['fql'].create(shape_meta, config, seed=0, action_chunks=chunks)
     for _ in range(steps):
         agent.update(fql_batch(rng, 256))
     return agent

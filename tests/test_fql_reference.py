@@ -10,7 +10,7 @@ import torch
 from agents import AGENTS
 from agents.fbc import euler_flow
 from agents.fql import FQLFeatures, frozen
-from tests.agent_contract import SHAPE_METAS, normalizer_stats, raw_batch, tiny_config
+from tests.agent_contract import SHAPE_METAS, action_chunks, normalizer_stats, raw_batch, tiny_config
 
 
 def reference_total_loss(agent, batch):
@@ -51,12 +51,13 @@ def reference_total_loss(agent, batch):
     return loss, {'loss': loss.detach()}
 
 
-def make(network, seed=0, onestep_prediction='x'):
-    """A small state FQL agent with the Q term on."""
+def make(network, seed=0, onestep_prediction='u', noise_prior='chunk_cov'):
+    """A small state FQL agent with the Q term on (by default get_config()'s prior and one-step form)."""
     shape_meta = SHAPE_METAS['state']
     config = tiny_config('fql', network, 'state')
-    config.onestep_prediction = onestep_prediction
-    return AGENTS['fql'].create(shape_meta, config, normalizer_stats(shape_meta), seed=seed)
+    config.onestep_prediction, config.noise_prior = onestep_prediction, noise_prior
+    return AGENTS['fql'].create(shape_meta, config, normalizer_stats(shape_meta), seed=seed,
+                                action_chunks=action_chunks(np.random.default_rng(seed)))
 
 
 def grads_of(agent, loss_fn, batch):
@@ -67,11 +68,13 @@ def grads_of(agent, loss_fn, batch):
     return loss.detach(), [None if p.grad is None else p.grad.clone() for p in agent.model.parameters()]
 
 
-@pytest.mark.parametrize('network,onestep_prediction', [('mlp', 'x'), ('chiunet', 'x'), ('mlp', 'u')])
-def test_fql_loss_and_gradients_match_the_reference(network, onestep_prediction):
+@pytest.mark.parametrize('network,onestep_prediction,noise_prior', [
+    ('mlp', 'u', 'chunk_cov'), ('chiunet', 'u', 'chunk_cov'), ('mlp', 'x', 'standard'), ('chiunet', 'x', 'standard')])
+def test_fql_loss_and_gradients_match_the_reference(network, onestep_prediction, noise_prior):
     """From the same generator state the agent's total_loss and the reference give the same loss and
-    the same gradient for every parameter, for both one-step forms."""
-    agent = make(network, onestep_prediction=onestep_prediction)
+    the same gradient for every parameter, for both one-step forms and both noise priors."""
+    agent = make(network, onestep_prediction=onestep_prediction, noise_prior=noise_prior)
+    assert (agent.noise_factor is None) == (noise_prior == 'standard')
     batch = agent.prepare_batch(raw_batch(SHAPE_METAS['state'], np.random.default_rng(0)))
     state = agent.rng.get_state()
     loss, grads = grads_of(agent, agent.total_loss, batch)
@@ -104,7 +107,7 @@ def test_fql_updates_match_the_reference():
 
 def test_onestep_prediction_selects_the_chunk_or_the_velocity():
     """'x': the one-step chunk is the network's output; 'u': z + the output; anything else names the field."""
-    agent = make('mlp')
+    agent = make('mlp', onestep_prediction='x')
     cond = torch.randn(4, int(agent.config.obs_steps), agent.model['encoder'].output_dim)
     z = torch.randn(4, int(agent.config.horizon_length), agent.action_dim)
     out = agent.model['onestep'](z, torch.zeros(4), torch.ones(4), cond)[0]
