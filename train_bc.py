@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -881,7 +882,10 @@ def check_agent_config(config, run_flags):
         raise UserError(f'--agent: agent_name {config.agent_name!r} is not one of {sorted(AGENTS)}')
     shape_meta = env_utils.preview_shape_meta(run_flags['env_name'], run_flags['dataset_path'],
                                               config.obs_type, config.get('obs_keys'))
-    with torch.random.fork_rng(devices=[]):  # the real agent is built later from the same seed
+    # The real agent is built later from the same seed and with the data's action chunks, so the warning
+    # that a 'chunk_cov' noise prior got none does not apply to this check.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message="config.noise_prior='chunk_cov'", category=UserWarning)
         AGENTS[config.agent_name].create(shape_meta, config, device='cpu')
 
 

@@ -52,19 +52,21 @@ def check_run_dir(run_dir, steps, eval_episodes):
 @pytest.mark.parametrize('agent', sorted(AGENTS))
 def test_every_agent_on_state(agent, lift_state_file, tmp_path):
     episodes = 2 if agent == 'fbc' else 1  # fbc also exercises the two evaluation workers
-    run_cli([f'--agent={AGENTS[agent].config_file()}', f'--dataset_path={lift_state_file}',
+    proc = run_cli([f'--agent={AGENTS[agent].config_file()}', f'--dataset_path={lift_state_file}',
              '--offline_steps=2', '--log_interval=1', '--eval_interval=2', '--save_interval=2',
              f'--eval_episodes={episodes}', '--eval_max_steps=30', *TINY], tmp_path)
     (run_dir,) = run_dirs(tmp_path)
     check_run_dir(run_dir, steps=2, eval_episodes=episodes)
     ckpt = load_checkpoint(os.path.join(run_dir, 'checkpoints', 'latest.pt'))
     assert ckpt['agent_name'] == agent
-    # the 'chunk_cov' noise prior (MFBC, IMFBC) is fitted on the file's action chunks: (Tp*A)^2
+    # the 'chunk_cov' noise prior (MFBC, IMFBC, FQL) is fitted on the file's action chunks: (Tp*A)^2, and no
+    # run warns that it got none (the flag check's throwaway agent is built without them)
     size = int(ckpt['config']['horizon_length']) * int(ckpt['shape_meta']['action']['shape'][0])
     if ckpt['config']['noise_prior'] == 'chunk_cov':
         assert tuple(ckpt['noise_factor'].shape) == (size, size)
     else:
         assert ckpt['noise_factor'] is None
+    assert 'got no action_chunks' not in proc.stderr + proc.stdout
 
 
 @pytest.mark.slow
