@@ -53,8 +53,8 @@ def check_run_dir(run_dir, steps, eval_episodes):
 def test_every_agent_on_state(agent, lift_state_file, tmp_path):
     episodes = 2 if agent == 'fbc' else 1  # fbc also exercises the two evaluation workers
     proc = run_cli([f'--agent={AGENTS[agent].config_file()}', f'--dataset_path={lift_state_file}',
-             '--offline_steps=2', '--log_interval=1', '--eval_interval=2', '--save_interval=2',
-             f'--eval_episodes={episodes}', '--eval_max_steps=30', *TINY], tmp_path)
+                    '--offline_steps=2', '--log_interval=1', '--eval_interval=2', '--save_interval=2',
+                    f'--eval_episodes={episodes}', '--eval_max_steps=30', *TINY], tmp_path)
     (run_dir,) = run_dirs(tmp_path)
     check_run_dir(run_dir, steps=2, eval_episodes=episodes)
     ckpt = load_checkpoint(os.path.join(run_dir, 'checkpoints', 'latest.pt'))
