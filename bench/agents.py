@@ -108,7 +108,10 @@ def update_ratio(rounds=15, batch_size=256, network='mlp', agent='fql', ref='fbc
         config.network_type, config.obs_type = network, 'state'
         config.obs_steps, config.horizon_length = base.obs_steps, base.horizon_length
         config.action_steps = base.action_steps
-        agents[name] = AGENTS[name].create(LIFT_STATE, config, seed=0)
+        # stand-in chunks for a 'chunk_cov' prior (FQL's default): its cost, not its values, is measured
+        chunks = np.random.default_rng(0).uniform(-1, 1, (256, int(config.horizon_length),
+                                                           LIFT_STATE['action']['shape'][0]))
+        agents[name] = AGENTS[name].create(LIFT_STATE, config, seed=0, action_chunks=chunks)
     to, tp, a = int(base.obs_steps), int(base.horizon_length), LIFT_STATE['action']['shape'][0]
     rng = np.random.default_rng(0)
     batch = {'observations': random_obs(LIFT_STATE, batch_size, to, rng),
