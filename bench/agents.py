@@ -37,14 +37,19 @@ SHAPE_METAS = {  # robomimic Lift/Can/Square layout: 2 cameras at 84x84 + propri
 }
 
 
+def stand_in_chunks(horizon, action_dim):
+    """Random chunks (256, horizon, action_dim) for a 'chunk_cov' noise prior: the benchmarks measure its
+    cost, not its values."""
+    return np.random.default_rng(0).uniform(-1, 1, (256, horizon, action_dim))
+
+
 def make_agent(name, network, obs_type, device='cpu'):
     """The agent's default config with the network and Diffusion Policy's horizons (To 2, Tp 16, Ta 8)."""
     config = AGENTS[name].get_config()
     config.network_type, config.obs_type = network, obs_type
     config.obs_steps, config.horizon_length, config.action_steps = 2, 16, 8
     config.encoder = None  # identity for state, resnet18 for images
-    # stand-in data for a 'chunk_cov' noise prior (MFBC / IMFBC): its cost, not its values, is measured
-    chunks = np.random.default_rng(0).uniform(-1, 1, (256, 16, SHAPE_METAS[obs_type]['action']['shape'][0]))
+    chunks = stand_in_chunks(16, SHAPE_METAS[obs_type]['action']['shape'][0])
     return AGENTS[name].create(SHAPE_METAS[obs_type], config, seed=0, device=device, action_chunks=chunks)
 
 
@@ -108,9 +113,7 @@ def update_ratio(rounds=15, batch_size=256, network='mlp', agent='fql', ref='fbc
         config.network_type, config.obs_type = network, 'state'
         config.obs_steps, config.horizon_length = base.obs_steps, base.horizon_length
         config.action_steps = base.action_steps
-        # stand-in chunks for a 'chunk_cov' prior (FQL's default): its cost, not its values, is measured
-        chunks = np.random.default_rng(0).uniform(-1, 1, (256, int(config.horizon_length),
-                                                           LIFT_STATE['action']['shape'][0]))
+        chunks = stand_in_chunks(int(config.horizon_length), LIFT_STATE['action']['shape'][0])
         agents[name] = AGENTS[name].create(LIFT_STATE, config, seed=0, action_chunks=chunks)
     to, tp, a = int(base.obs_steps), int(base.horizon_length), LIFT_STATE['action']['shape'][0]
     rng = np.random.default_rng(0)
