@@ -118,3 +118,27 @@ def test_meanflow_screen_velocity_head_is_the_tangent_and_is_trained():
     assert calls == [(True, False), (False, True)]
     samples = agent.sample_actions({'obs': np.zeros((4, 1, 1), np.float32)}, seed=0)
     assert samples.shape == (4, 8, 2) and torch.isfinite(samples).all()
+
+
+@pytest.mark.slow
+def test_critic_report_one_row_per_operator_group(lift_mixed_file, tmp_path):
+    """bench.critic on a real (2-step) ACFQL checkpoint of a mixed file: a row per operator group with the
+    data's returns (< 0: -1 per step before success), fractions in [0, 1]; an FBC checkpoint, which has no
+    critic, and an existing --out file are refused."""
+    import bench.critic as critic
+
+    for agent in ('fql', 'fbc'):
+        run_cli([f'--dataset_path={lift_mixed_file}', f'--agent=agents/{agent}.py', '--offline_steps=2',
+                 '--eval_episodes=0', *TINY], tmp_path / agent)
+    (fql_run,), (fbc_run,) = run_dirs(tmp_path / 'fql'), run_dirs(tmp_path / 'fbc')
+    out = tmp_path / 'critic.csv'
+    rows = critic.main([fql_run, '--samples', '40', '--flow-samples', '2', '--out', str(out)])
+    assert [r['mask'] for r in rows] == ['better', 'okay', 'worse'] and len(read_csv(out)) == 3
+    for r in rows:
+        assert r['step'] == 2 and 0 < r['n'] <= 40 and r['return_to_go'] < 0, r
+        assert 0 <= r['frac_adv_below_0'] <= 1 and r['flow_q_std'] >= 0, r
+    assert [r['mask'] for r in critic.main([fql_run, '--samples', '8', '--masks', 'train'])] == ['train']
+    with pytest.raises(SystemExit, match='no critic'):
+        critic.main([fbc_run, '--samples', '8'])
+    with pytest.raises(SystemExit):
+        critic.main([fql_run, '--out', str(out)])

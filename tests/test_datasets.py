@@ -175,3 +175,20 @@ def test_add_episode(image_file):
     cached, _ = load_datasets(image_file, 'image', storage='cache')
     with pytest.raises(ValueError, match='RAM storage'):
         cached.add_episode(obs, np.zeros((steps, 7)), [0] * steps, [0] * steps)
+
+
+def test_returns_to_go_against_the_closed_form(tmp_path):
+    """Dataset.returns_to_go: per step, episode by episode, -(1 - g ** (n - 1 - i)) / (1 - g) for a success
+    on the last step; the same sum as sample_sequence's reward of a window that reaches the episode's end."""
+    path = write_robomimic_file(tmp_path / 'rtg.hdf5', lengths=(4, 3, 6), cameras=(), success_steps=1)
+    train, _ = load_datasets(path, 'state', valid_fraction=0.0)
+    g = 0.9
+    rtg = train.returns_to_go(g)
+    expected = [-(1 - g ** (n - 1 - i)) / (1 - g) for n in (4, 3, 6) for i in range(n)]
+    np.testing.assert_allclose(rtg, expected, atol=1e-9)
+    windows = train.sample_sequence(len(train), 6, discount=g, idxs=np.arange(len(train)))['rewards']
+    np.testing.assert_allclose(rtg, windows, atol=1e-5)
+    # a failed demo (no reward): every step counts -1 to the end, nothing bootstrapped after it
+    path = write_robomimic_file(tmp_path / 'fail.hdf5', lengths=(3,), cameras=(), success_steps=0)
+    failed, _ = load_datasets(path, 'state', valid_fraction=0.0)
+    np.testing.assert_allclose(failed.returns_to_go(0.5), [-1.75, -1.5, -1.0], atol=1e-9)

@@ -5,7 +5,8 @@ Public API (`envs.robomimic_utils.load_datasets` builds these from a robomimic h
     Dataset(storage, starts, lengths, shape_meta, env_meta, seed)
     Dataset.sample_sequence(batch_size, sequence_length, obs_steps=1, discount=0.99, idxs=None) -> dict
     Dataset.add_episode(observations, actions, rewards, dones)   (online replay; RAM storage only)
-    Dataset.normalizer_stats(), .action_chunks(horizon), .shape_meta, .env_meta, len(), .num_episodes, .rng
+    Dataset.normalizer_stats(), .action_chunks(horizon), .returns_to_go(discount)
+    .shape_meta, .env_meta, len(), .num_episodes, .rng
 
 Storage: every key is one flat (rows, ...) array over all episodes; precomputed per-step tables
 (row, first row and last row of its episode) turn a batch into a few vectorised gathers.
@@ -145,6 +146,22 @@ class Dataset:
         chunk = self._step_row[idxs][:, None] + np.arange(horizon)                 # (N, Tp)
         chunk = np.minimum(chunk, self._step_last[idxs][:, None])
         return np.asarray(self._storage.actions[chunk], dtype=np.float32)
+
+    def returns_to_go(self, discount: float = DEFAULT_DISCOUNT) -> np.ndarray:
+        """Per step (the step indices of `sample_sequence`'s `idxs`): the discounted sum of the shifted
+        rewards r - 1 (as `sample_sequence`) from that step to the end of its episode, nothing bootstrapped
+        after it. A successful episode of n steps (reward 1 on its last) gives
+        -(1 - discount ** (n - 1 - i)) / (1 - discount) at step i."""
+        out = np.empty(len(self), np.float64)
+        pos = 0
+        for start, n in zip(self._starts, self._lengths, strict=True):
+            g = 0.0
+            rewards = np.asarray(self._storage.rewards[np.arange(start, start + n)], np.float64) - 1.0
+            for i in range(n - 1, -1, -1):
+                g = rewards[i] + discount * g
+                out[pos + i] = g
+            pos += n
+        return out
 
     @staticmethod
     def _min_max(values: np.ndarray) -> dict:
