@@ -12,7 +12,10 @@ The masks default to robomimic's operator groups `better`, `okay`, `worse` where
   observation, and frac_adv_below_0: above 0 where the critic prefers the demonstrator's chunk to BC's;
 - gain_onestep: Q of the one-step policy's chunk minus that mean: how far the Q term moved the policy up
   the critic from the BC flow (about 0 without a Q term);
-- flow_q_std: the spread of Q over the BC flow's chunks at one observation (mean over steps).
+- flow_q_std: the spread of Q over the BC flow's chunks at one observation (mean over steps);
+- corr_q_speed: the correlation, within an observation, of Q with the speed of the BC flow's chunks (mean
+  norm of their first three action dims, robosuite's OSC translation, in the data's units), and
+  speed_best_over_mean: the speed of the chunk best-of-N would pick over the chunks' mean speed.
 Prints one JSON line per mask; `--out` also writes them to a csv file (a new file: never overwritten).
 """
 
@@ -25,7 +28,8 @@ import numpy as np
 import torch
 
 FIELDS = ['checkpoint', 'step', 'mask', 'n', 'q_data', 'return_to_go', 'corr_q_return', 'adv_data',
-          'frac_adv_below_0', 'gain_onestep', 'flow_q_std']
+          'frac_adv_below_0', 'gain_onestep', 'flow_q_std',
+          'corr_q_speed', 'speed_best_over_mean']
 GROUPS = ('better', 'okay', 'worse')  # robomimic's MH operator masks
 
 
@@ -38,7 +42,7 @@ def default_masks(path) -> list:
 
 
 def mask_rows(agent, model, dataset, samples, flow_samples, seed):
-    """(n, q_data, return_to_go, corr, adv_data, frac_adv_below_0, gain_onestep, flow_q_std) on `dataset`."""
+    """The statistics of FIELDS after 'mask' on `dataset` (module docstring)."""
     from agents.fbc import euler_flow
 
     config = agent.config
@@ -54,17 +58,24 @@ def mask_rows(agent, model, dataset, samples, flow_samples, seed):
         q = lambda chunks: critic['critic'](critic_cond, chunks).mean(0).double().cpu().numpy()  # (B,)
         noise = lambda: agent.noise(batch['actions'].shape, generator)
         q_data = q(batch['actions'])
-        q_flow = np.stack([q(euler_flow(model['actor'], cond, noise(), int(config.flow_steps)).clamp(-1, 1))
-                           for _ in range(flow_samples)])  # (N, B)
+        flows = [euler_flow(model['actor'], cond, noise(), int(config.flow_steps)).clamp(-1, 1)
+                 for _ in range(flow_samples)]
+        q_flow = np.stack([q(chunk) for chunk in flows])  # (N, B)
+        speed = np.stack([agent.normalizer.unnormalize('actions', chunk)[..., :3].norm(dim=-1).mean(-1)
+                          .double().cpu().numpy() for chunk in flows])  # (N, B)
         q_onestep = q(agent.onestep_policy(model, cond, noise()))
     keep = batch['valid'][:, -1].cpu().numpy() > 0
     returns = dataset.returns_to_go(discount)[idxs][keep]
     adv = (q_data - q_flow.mean(0))[keep]
     corr = float(np.corrcoef(q_data[keep], returns)[0, 1]) if keep.sum() > 1 else float('nan')
     gain = (q_onestep - q_flow.mean(0))[keep]
+    q_c, s_c = (q_flow - q_flow.mean(0))[:, keep], (speed - speed.mean(0))[:, keep]  # centred per observation
+    corr_speed = (q_c * s_c).sum() / max(np.sqrt((q_c ** 2).sum() * (s_c ** 2).sum()), 1e-12)
+    best_speed = speed[q_flow.argmax(0), np.arange(len(keep))][keep]
     return {'n': int(keep.sum()), 'q_data': q_data[keep].mean(), 'return_to_go': returns.mean(),
             'corr_q_return': corr, 'adv_data': adv.mean(), 'frac_adv_below_0': (adv < 0).mean(),
-            'gain_onestep': gain.mean(), 'flow_q_std': q_flow.std(0)[keep].mean()}
+            'gain_onestep': gain.mean(), 'flow_q_std': q_flow.std(0)[keep].mean(), 'corr_q_speed': corr_speed,
+            'speed_best_over_mean': best_speed.mean() / max(speed[:, keep].mean(), 1e-12)}
 
 
 def critic_report(path, masks=None, samples=2000, flow_samples=8, seed=0) -> list:

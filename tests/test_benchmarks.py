@@ -137,6 +137,7 @@ def test_critic_report_one_row_per_operator_group(lift_mixed_file, tmp_path):
     for r in rows:
         assert r['step'] == 2 and 0 < r['n'] <= 40 and r['return_to_go'] < 0, r
         assert 0 <= r['frac_adv_below_0'] <= 1 and r['flow_q_std'] >= 0, r
+        assert -1 <= r['corr_q_speed'] <= 1 and r['speed_best_over_mean'] > 0, r
     assert [r['mask'] for r in critic.main([fql_run, '--samples', '8', '--masks', 'train'])] == ['train']
     with pytest.raises(SystemExit, match='no critic'):
         critic.main([fbc_run, '--samples', '8'])
