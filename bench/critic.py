@@ -33,12 +33,19 @@ FIELDS = ['checkpoint', 'step', 'mask', 'n', 'q_data', 'return_to_go', 'corr_q_r
 GROUPS = ('better', 'okay', 'worse')  # robomimic's MH operator masks
 
 
-def default_masks(path) -> list:
-    """The operator groups the file has, else its training split."""
+def resolve_masks(path, masks) -> list:
+    """`masks` checked against the file's (SystemExit naming them), or the operator groups the file has,
+    else its training split."""
     from envs.hdf5_reader import list_masks
 
-    groups = [m for m in GROUPS if m in list_masks(path)]
-    return groups or ['train']
+    present = list_masks(path)
+    if not masks:
+        return [m for m in GROUPS if m in present] or ['train']
+    bad = [m for m in masks if m != 'train' and m not in present]
+    if bad:
+        raise SystemExit(f'bench.critic: {path}: no mask {bad}; its masks: {", ".join(present) or "none"} '
+                         "(or 'train')")
+    return masks
 
 
 def mask_rows(agent, model, dataset, samples, flow_samples, seed):
@@ -91,11 +98,11 @@ def critic_report(path, masks=None, samples=2000, flow_samples=8, seed=0) -> lis
                          'it reads ACFQL (fql) checkpoints')
     flags = extra['flags']
     data_path = get_dataset_path(flags['env_name'], flags.get('dataset_path'))
-    masks = masks or default_masks(data_path)
+    masks = resolve_masks(data_path, masks)
     model = agent.trainer.eval_model().eval()
+    obs_keys = list(extra['shape_meta']['obs'])
     rows = []
     for mask in masks:
-        obs_keys = list(extra['shape_meta']['obs'])
         dataset, _ = load_datasets(data_path, agent.config.obs_type, obs_keys=obs_keys,
                                    filter_key=None if mask == 'train' else mask, seed=int(flags['seed']))
         stats = mask_rows(agent, model, dataset, samples, flow_samples, seed)
@@ -121,12 +128,15 @@ def main(argv=None):
         parser.error(f'--out {args.out!r} exists; give a new file')
     import train_bc
 
+    try:  # every checkpoint is found before any is read
+        paths = [train_bc.resolve_checkpoint(path) for path in args.checkpoints]
+    except train_bc.UserError as e:
+        parser.error(str(e))
     torch.set_num_threads(1)
     masks = [m for m in args.masks.split(',') if m]
     rows = []
-    for path in args.checkpoints:
-        for row in critic_report(train_bc.resolve_checkpoint(path), masks, args.samples, args.flow_samples,
-                                 args.seed):
+    for path in paths:
+        for row in critic_report(path, masks, args.samples, args.flow_samples, args.seed):
             print(json.dumps(row))
             rows.append(row)
     if args.out:

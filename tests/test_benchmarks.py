@@ -143,3 +143,7 @@ def test_critic_report_one_row_per_operator_group(lift_mixed_file, tmp_path):
         critic.main([fbc_run, '--samples', '8'])
     with pytest.raises(SystemExit):
         critic.main([fql_run, '--out', str(out)])
+    with pytest.raises(SystemExit, match="no mask \\['best'\\]; its masks: .*better"):
+        critic.main([fql_run, '--masks', 'best'])
+    with pytest.raises(SystemExit):  # a missing checkpoint: argparse's error, before anything is read
+        critic.main([str(tmp_path / 'missing'), fql_run])
