@@ -128,10 +128,13 @@ def main(argv=None):
         parser.error(f'--out {args.out!r} exists; give a new file')
     import train_bc
 
-    try:  # every checkpoint is found before any is read
-        paths = [train_bc.resolve_checkpoint(path) for path in args.checkpoints]
-    except train_bc.UserError as e:
-        parser.error(str(e))
+    paths = []
+    for path in args.checkpoints:  # every checkpoint is found before any is read
+        try:
+            paths.append(train_bc.resolve_checkpoint(path))
+        except train_bc.UserError:
+            parser.error(f'{path!r} is neither a checkpoint file nor a run directory with '
+                         'checkpoints/latest.pt')
     torch.set_num_threads(1)
     masks = [m for m in args.masks.split(',') if m]
     rows = []
