@@ -77,6 +77,9 @@ def get_base_config():
     # training data's normalized action chunks (a data-shaped prior, as PriorGrad's, Lee et al. 2022): the
     # noise then already has the chunks' correlations and roughness, and the flow only moves it
     config.noise_prior = 'standard'
+    # sampling only: z is drawn from the prior and scaled by this (1: the prior itself; below 1 pulls the
+    # chunks toward the flow's output at z = 0, trading diversity for precision; 0: deterministic)
+    config.sample_temperature = 1.0
     return config
 
 
@@ -91,7 +94,7 @@ class Agent:
 
     name = None  # registry key in agents.AGENTS
     # config fields that change only how a trained agent samples (`train_bc.py --eval_only` takes --agent.x)
-    eval_fields = ()
+    eval_fields = ('sample_temperature',)
 
     def __init__(self, shape_meta, config, normalizer, seed, device):
         self.shape_meta, self.config, self.seed = shape_meta, config, seed
@@ -169,6 +172,7 @@ class Agent:
         _require(c.ema_power > 0, 'ema_power', c.ema_power, 'a positive float')
         _require(0 < c.discount <= 1, 'discount', c.discount, 'a float in (0, 1]')
         _require(c.noise_prior in NOISE_PRIORS, 'noise_prior', c.noise_prior, f'one of {NOISE_PRIORS}')
+        _require(float(c.sample_temperature) >= 0, 'sample_temperature', c.sample_temperature, 'a float >= 0')
         for name in ('use_bf16', 'compile', 'channels_last'):
             _require(isinstance(c[name], bool), name, c[name], 'True or False')
         _require(c.fused_adamw in (None, True, False), 'fused_adamw', c.fused_adamw,
@@ -220,6 +224,12 @@ class Agent:
             return eps
         with torch.autocast(torch.device(self.device).type, enabled=False):  # z in `dtype`, not bf16
             return (eps.flatten(1) @ self.noise_factor.to(dtype).T).view(shape)
+
+    def sampling_noise(self, shape, generator, dtype=torch.float32):
+        """The noise z a trained agent samples from: the prior's, times config.sample_temperature."""
+        z = self.noise(shape, generator, dtype)
+        temperature = float(self.config.sample_temperature)
+        return z if temperature == 1.0 else z * temperature
 
     def randn_like(self, x):
         """Flow noise shaped like x (B, Tp, A) from the prior, drawn with the agent's training generator."""
@@ -304,7 +314,7 @@ class Agent:
         with eval_mode(model), autocast(self.device, self.config.use_bf16):
             features = self.encode(model, obs)  # encoders run once per call, not per integration step
             shape = (batch_size, int(self.config.horizon_length), self.action_dim)
-            z = self.noise(shape, generator)
+            z = self.sampling_noise(shape, generator)
             chunk = self.sample_chunk(model, features, z, generator)
         return self.normalizer.unnormalize('actions', chunk.float())
 
@@ -357,6 +367,8 @@ class Agent:
                 config[name] = overrides.get(name, defaults[name])
         if 'noise_prior' not in config:  # written before the field: standard normal noise
             config.noise_prior = 'standard'
+        if 'sample_temperature' not in config:  # written before the field: the prior's noise as drawn
+            config.sample_temperature = 1.0
         with warnings.catch_warnings():  # the fitted prior comes from the checkpoint below
             warnings.simplefilter('ignore')
             agent = cls.create(payload['shape_meta'], config, None, payload['seed'], pick_device(device))

@@ -22,7 +22,7 @@ class BCAgent(Agent):
     """Flow-matching BC over action chunks: loss || net(x_t, t, t, c) - (a - z) ||^2, Euler sampler."""
 
     name = 'fbc'
-    eval_fields = ('flow_steps',)
+    eval_fields = (*Agent.eval_fields, 'flow_steps')
 
     @classmethod
     def validate_config(cls, config):

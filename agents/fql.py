@@ -85,7 +85,7 @@ class FQLAgent(BCAgent):
     """ACFQL: BC flow + one-step policy distilled toward the clipped Euler flow and pushed up the critic."""
 
     name = 'fql'
-    eval_fields = ('flow_steps', 'sample_policy', 'best_of_n')
+    eval_fields = (*BCAgent.eval_fields, 'sample_policy', 'best_of_n')
 
     def __init__(self, shape_meta, config, normalizer, seed, device):
         super().__init__(shape_meta, config, normalizer, seed, device)
@@ -139,7 +139,7 @@ class FQLAgent(BCAgent):
         n, b = int(self.config.best_of_n), cond.shape[0]
         rep = lambda x: x.repeat_interleave(n, dim=0)  # (B, ...) -> (B*N, ...)
         shape = (b * n, int(self.config.horizon_length), self.action_dim)
-        z = self.noise(shape, generator, cond.dtype)
+        z = self.sampling_noise(shape, generator, cond.dtype)
         chunks = euler_flow(model['actor'], rep(cond), z, int(self.config.flow_steps)).clamp(-1, 1)
         q = model['critic'](rep(critic_cond), chunks).mean(0).view(b, n)  # (B, N)
         best = q.argmax(dim=1)  # (B,)

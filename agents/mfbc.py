@@ -107,7 +107,7 @@ class MFBCAgent(Agent):
     """MeanFlow BC: regress u_theta(x_s, s, t) onto the JVP target; sample with `sample_steps` map steps."""
 
     name = 'mfbc'
-    eval_fields = ('sample_steps',)
+    eval_fields = (*Agent.eval_fields, 'sample_steps')
 
     @classmethod
     def validate_config(cls, config):

@@ -9,6 +9,7 @@ import torch
 from agents import AGENTS
 from tests.agent_contract import (
     SHAPE_METAS,
+    action_chunks,
     check_save_load,
     check_update_and_sample,
     normalizer_stats,
@@ -135,7 +136,8 @@ def test_chunk_noise_prior_errors_and_fallback():
 
 
 def test_checkpoint_without_noise_prior_loads_with_standard_noise(tmp_path):
-    """A checkpoint written before noise_prior existed (no config field, no factor) samples N(0, I) noise."""
+    """A checkpoint written before noise_prior and sample_temperature existed (no config fields, no factor)
+    samples N(0, I) noise at temperature 1."""
     from utils.training import load_checkpoint, save_checkpoint
     shape_meta = SHAPE_METAS['state']
     agent = AGENTS['mfbc'].create(shape_meta, tiny_config('mfbc', 'mlp', 'state'),
@@ -143,8 +145,42 @@ def test_checkpoint_without_noise_prior_loads_with_standard_noise(tmp_path):
                                   action_chunks=np.random.default_rng(0).uniform(-2, 1, (50, 4, 2)))
     agent.save(tmp_path / 'new.pt')
     old = load_checkpoint(tmp_path / 'new.pt')
-    del old['noise_factor'], old['config']['noise_prior']
+    del old['noise_factor'], old['config']['noise_prior'], old['config']['sample_temperature']
     save_checkpoint(tmp_path / 'old.pt', old)
     loaded = AGENTS['mfbc'].load(tmp_path / 'old.pt')
     assert loaded.config.noise_prior == 'standard' and loaded.noise_factor is None
+    assert loaded.config.sample_temperature == 1.0
     assert AGENTS['mfbc'].load(tmp_path / 'new.pt').noise_factor is not None
+
+
+
+@pytest.mark.parametrize('name, extra', [('fbc', {}), ('mfbc', {}), ('imfbc', {}), ('fql', {}),
+                                         ('fql', {'best_of_n': 3})])
+def test_sample_temperature_scales_the_sampling_noise(name, extra, monkeypatch):
+    """sample_temperature tau: the flow starts from tau times the prior's noise of the same seed; tau = 0
+    makes sampling deterministic (every seed, best-of-N included); a negative tau is refused naming it."""
+    shape_meta = SHAPE_METAS['state']
+    rng = np.random.default_rng(0)
+    config = tiny_config(name, 'mlp', 'state')
+    config.update(extra)
+    agent = AGENTS[name].create(shape_meta, config, normalizer_stats=normalizer_stats(shape_meta), seed=0,
+                                action_chunks=action_chunks(rng))
+    assert 'sample_temperature' in AGENTS[name].eval_fields and config.sample_temperature == 1.0
+    obs = raw_batch(shape_meta, rng)['observations']
+    default = agent.sample_actions(obs, seed=3)
+    agent.config.sample_temperature = 0.0
+    zero = agent.sample_actions(obs, seed=3)
+    assert torch.equal(zero, agent.sample_actions(obs, seed=4)), 'tau = 0: the same chunk for every seed'
+    assert not torch.equal(zero, default)
+    if not extra:  # the z handed to sample_chunk (best-of-N draws its N chunks' noise inside it)
+        starts = []
+        monkeypatch.setattr(type(agent), 'sample_chunk',
+                            lambda self, model, features, z, generator: starts.append(z) or torch.zeros_like(z))
+        for tau in (0.5, 1.0):
+            agent.config.sample_temperature = tau
+            agent.sample_actions(obs, seed=3)
+        torch.testing.assert_close(starts[0], 0.5 * starts[1])
+    config.sample_temperature = -0.1
+    with pytest.raises(ValueError, match=r'config.sample_temperature=-0.1'):
+        AGENTS[name].create(shape_meta, config, normalizer_stats=normalizer_stats(shape_meta),
+                            action_chunks=action_chunks(rng))
