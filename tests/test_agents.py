@@ -174,8 +174,12 @@ def test_sample_temperature_scales_the_sampling_noise(name, extra, monkeypatch):
     assert not torch.equal(zero, default)
     if not extra:  # the z handed to sample_chunk (best-of-N draws its N chunks' noise inside it)
         starts = []
-        monkeypatch.setattr(type(agent), 'sample_chunk',
-                            lambda self, model, features, z, generator: starts.append(z) or torch.zeros_like(z))
+
+        def record(self, model, features, z, generator):
+            starts.append(z)
+            return torch.zeros_like(z)
+
+        monkeypatch.setattr(type(agent), 'sample_chunk', record)
         for tau in (0.5, 1.0):
             agent.config.sample_temperature = tau
             agent.sample_actions(obs, seed=3)

@@ -69,7 +69,8 @@ def grads_of(agent, loss_fn, batch):
 
 
 @pytest.mark.parametrize('network,onestep_prediction,noise_prior', [
-    ('mlp', 'u', 'chunk_cov'), ('chiunet', 'u', 'chunk_cov'), ('mlp', 'x', 'standard'), ('chiunet', 'x', 'standard')])
+    ('mlp', 'u', 'chunk_cov'), ('chiunet', 'u', 'chunk_cov'),
+    ('mlp', 'x', 'standard'), ('chiunet', 'x', 'standard')])
 def test_fql_loss_and_gradients_match_the_reference(network, onestep_prediction, noise_prior):
     """From the same generator state the agent's total_loss and the reference give the same loss and
     the same gradient for every parameter, for both one-step forms and both noise priors."""

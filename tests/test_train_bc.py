@@ -209,8 +209,8 @@ def test_eval_only_takes_the_sampling_fields_only(lift_state_file, tmp_path):
     ckpt = os.path.join(run_dir, 'checkpoints', 'latest.pt')
     base = ['--eval_only', f'--checkpoint={ckpt}', '--eval_episodes=1', '--eval_max_steps=10',
             '--agent=agents/fql.py']
-    proc = run_cli([*base, '--agent.sample_policy=flow', '--agent.flow_steps=3', '--agent.sample_temperature=0.5',
-                    '--run_group=flow3'], tmp_path / 'eval')
+    proc = run_cli([*base, '--agent.sample_policy=flow', '--agent.flow_steps=3',
+                    '--agent.sample_temperature=0.5', '--run_group=flow3'], tmp_path / 'eval')
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert os.path.dirname(result['eval_dir']) == str(tmp_path / 'eval' / 'flow3')
     assert result['sample_policy'] == 'flow' and result['flow_steps'] == 3 and result['num_episodes'] == 1
