@@ -256,8 +256,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(lift_state_file, t
 
 
 @pytest.mark.parametrize('extra, applied', [
-    ([], {'agent.network_type': 'mlp', 'agent.lr': 1e-3, 'agent.action_steps': 4}),
-    (['--agent.lr=3e-4'], {'agent.network_type': 'mlp', 'agent.action_steps': 4}),
+    ([], {'agent.network_type': 'mlp', 'agent.lr': 1e-3, 'agent.action_steps': 4,
+          'agent.sample_temperature': 0.0}),
+    (['--agent.lr=3e-4'], {'agent.network_type': 'mlp', 'agent.action_steps': 4,
+                           'agent.sample_temperature': 0.0}),
     (['--network_type=chiunet', '--agent.model_dim=16', '--agent.dim_mult=(1,2)'], {}),
 ])
 def test_the_can_recipe_a_user_gets(extra, applied, lift_state_file, tmp_path):
@@ -275,6 +277,9 @@ def test_the_can_recipe_a_user_gets(extra, applied, lift_state_file, tmp_path):
         assert 'tuned for network_type' in proc.stderr
     else:
         assert saved['agent']['lr'] == (3e-4 if extra else 1e-3) and saved['agent']['action_steps'] == 4
+        assert saved['agent']['sample_temperature'] == 0.0
+    if extra and extra[0].startswith('--network_type'):
+        assert saved['agent']['sample_temperature'] == 1.0  # FBC's own default with another network
 
 
 def test_filter_key_trains_on_one_mask_and_mixed_names_get_the_task_recipe(lift_mixed_file, tmp_path):
@@ -289,7 +294,7 @@ def test_filter_key_trains_on_one_mask_and_mixed_names_get_the_task_recipe(lift_
     saved = json.load(open(os.path.join(run_dir, 'flags.json')))
     assert saved['filter_key'] == 'better' and '_better_' in os.path.basename(run_dir)
     assert saved['task_defaults'] == {'eval_interval': 5000, 'agent.network_type': 'mlp', 'agent.lr': 1e-3,
-                                      'agent.action_steps': 4}
+                                      'agent.action_steps': 4, 'agent.sample_temperature': 0.0}
     with h5py.File(lift_mixed_file, 'r') as f:
         better, train, valid = ({x.decode() for x in f[f'mask/{k}'][()]}
                                 for k in ('better', 'train', 'valid'))
