@@ -227,9 +227,7 @@ class Agent:
 
     def sampling_noise(self, shape, generator, dtype=torch.float32):
         """The noise z a trained agent samples from: the prior's, times config.sample_temperature."""
-        z = self.noise(shape, generator, dtype)
-        temperature = float(self.config.sample_temperature)
-        return z if temperature == 1.0 else z * temperature
+        return self.noise(shape, generator, dtype) * float(self.config.sample_temperature)
 
     def randn_like(self, x):
         """Flow noise shaped like x (B, Tp, A) from the prior, drawn with the agent's training generator."""

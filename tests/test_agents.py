@@ -153,7 +153,6 @@ def test_checkpoint_without_noise_prior_loads_with_standard_noise(tmp_path):
     assert AGENTS['mfbc'].load(tmp_path / 'new.pt').noise_factor is not None
 
 
-
 @pytest.mark.parametrize('name, extra', [('fbc', {}), ('mfbc', {}), ('imfbc', {}), ('fql', {}),
                                          ('fql', {'best_of_n': 3})])
 def test_sample_temperature_scales_the_sampling_noise(name, extra, monkeypatch):

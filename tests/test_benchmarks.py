@@ -145,5 +145,6 @@ def test_critic_report_one_row_per_operator_group(lift_mixed_file, tmp_path):
         critic.main([fql_run, '--out', str(out)])
     with pytest.raises(SystemExit, match="no mask \\['best'\\]; its masks: .*better"):
         critic.main([fql_run, '--masks', 'best'])
-    with pytest.raises(SystemExit):  # a missing checkpoint: argparse's error, before anything is read
+    with pytest.raises(SystemExit) as exit_info:  # a missing checkpoint: argparse's error, before any is read
         critic.main([str(tmp_path / 'missing'), fql_run])
+    assert exit_info.value.code == 2
