@@ -4,7 +4,7 @@
     env, eval_env, train, valid = make_env_and_datasets('can-mixed-low_dim', filter_key='better')
 
 The name is parsed once (`envs.robomimic_utils.parse_env_name`); the file is found under
-$ROBOMIMIC_DATA_DIR or given by `dataset_path`; a missing scripted or mixed file is generated on first use
+$ROBOMIMIC_DATA_DIR or given by `dataset_path`; a missing scripted, mixed or careless file is generated on first use
 (`envs.generate_demos`), with progress shown. Envs are built from the file's own `env_args`.
 """
 
@@ -23,8 +23,8 @@ from envs.robomimic_utils import (
 __all__ = ['EnvFactory', 'make_env_and_datasets', 'parse_env_name', 'resolve_obs_type', 'ensure_dataset',
            'preview_shape_meta', 'check_filter_key']
 
-# Demos generated on first use of a scripted / mixed env name when no file exists yet (mixed low_dim: 300,
-# as robomimic MH; images half as many, as for scripted).
+# Demos generated on first use of a scripted / mixed / careless env name when no file exists yet (mixed and
+# careless low_dim: 300, as robomimic MH; images half as many, as for scripted).
 DEFAULT_SCRIPTED_DEMOS = {'low_dim': 200, 'image': 100}
 DEFAULT_MIXED_DEMOS = {'low_dim': 300, 'image': 150}
 
@@ -44,7 +44,7 @@ class EnvFactory:
 
 
 def ensure_dataset(env_name, dataset_path=None, num_demos=None, seed=0, workers=None):
-    """Path of the dataset file; a scripted / mixed name with no file yet generates one (progress on stderr).
+    """Path of the dataset file; a scripted / mixed / careless name with no file yet generates one (progress on stderr).
 
     `seed` seeds the generated demos only; it is fixed (not the training seed) so every run of a generated
     env name trains on the same file.
@@ -52,16 +52,16 @@ def ensure_dataset(env_name, dataset_path=None, num_demos=None, seed=0, workers=
     parsed = parse_env_name(env_name)
     if dataset_path is not None or not parsed.is_generated:
         return get_dataset_path(parsed, dataset_path)
-    mixed = parsed.dataset_type == 'mixed'
     path = scripted_dataset_path(parsed.task, parsed.obs_type, parsed.dataset_type)
     if not path.is_file():
-        from envs.generate_demos import generate_demos
+        from envs.generate_demos import GENERATED_DATA, generate_demos
 
-        n = num_demos or (DEFAULT_MIXED_DEMOS if mixed else DEFAULT_SCRIPTED_DEMOS)[parsed.obs_type]
+        recipe = GENERATED_DATA[parsed.dataset_type]
+        n = num_demos or (DEFAULT_MIXED_DEMOS if recipe.get('mixed') else DEFAULT_SCRIPTED_DEMOS)[parsed.obs_type]
         print(f'{env_name}: no dataset at {path}; generating {n} {parsed.dataset_type} demos '
               '(first use only)', file=sys.stderr)
         generate_demos(parsed.task, n, parsed.obs_type, out_path=path, seed=seed,
-                       workers=workers or os.cpu_count() or 1, progress=True, mixed=mixed)
+                       workers=workers or os.cpu_count() or 1, progress=True, **recipe)
     else:
         from envs.generate_demos import (
             EXPERT_VERSION,
@@ -89,9 +89,10 @@ def check_filter_key(env_name, dataset_path=None, filter_key=None):
     parsed = parse_env_name(env_name)
     if dataset_path is None and parsed.is_generated \
             and not scripted_dataset_path(parsed.task, parsed.obs_type, parsed.dataset_type).is_file():
-        from envs.generate_demos import mask_names
+        from envs.generate_demos import GENERATED_DATA, mask_names
 
-        masks = mask_names(mixed=parsed.dataset_type == 'mixed')
+        recipe = GENERATED_DATA[parsed.dataset_type]
+        masks = mask_names(mixed=recipe.get('mixed', False), mix=recipe.get('mix'))
         if filter_key not in masks:
             raise ValueError(f'--filter_key={filter_key!r}: the {parsed.dataset_type} file generated for '
                              f'{str(parsed)!r} has masks {", ".join(masks)}')

@@ -49,6 +49,7 @@ FINGER_REST = 5e-4  # m per step: fingers moving less than this have closed on t
 RELEASE_GAP = 0.012  # m the fingers open by before the object counts as let go
 NOISE_FLOOR = 0.05  # an operator's translation noise scales with NOISE_FLOOR + |expert translation action|
 MISS_DZ = 0.03  # m, a wrong approach closes this much higher than a grasp
+FINISH_STEPS = 50  # steps in the plan's last phase after which an episode that has not succeeded is over
 
 
 class Phase(NamedTuple):
@@ -176,6 +177,11 @@ class WaypointExpert:
                 Phase('miss_open', self.hold, OPEN, 1.0, done=self.fingers_rest),
                 self.rise_phase('miss_rise', 'miss_open', self.ABOVE_HEIGHT, OPEN)]
 
+    def misplace(self):
+        """Aim what follows the pick at a wrong place (subclasses that place the object; see Operator)."""
+        raise ValueError(f'{type(self).__name__}: this task places nothing, so an operator cannot misplace '
+                         'the object (Skill.misplace must be 0)')
+
     def pause_phase(self, steps, gripper):
         """Stay where the eef is for `steps` steps, the gripper command unchanged (a hesitation)."""
         return Phase('pause', self.hold, gripper, 1.0, done=lambda: self.phase_steps >= steps)
@@ -273,6 +279,10 @@ class WaypointExpert:
         """Name of the current phase."""
         return self.phases[self.phase].name
 
+    def finished(self):
+        """The plan has run out: FINISH_STEPS steps spent in its last phase (a success ends sooner)."""
+        return self.phase == len(self.phases) - 1 and self.phase_steps >= FINISH_STEPS
+
 
 class LiftExpert(WaypointExpert):
     """Lift: the shared pick of the cube; the episode succeeds during the lift."""
@@ -298,15 +308,26 @@ class CanExpert(WaypointExpert):
     """PickPlaceCan: the shared pick, then carry over the bin, lower, release, retreat."""
 
     GRASP_DZ = 0.01  # the fingertips reach the bin floor 1 cm above the can centre
+    wrong_bin = None  # index of the bin region a misplacing operator carries the can to (misplace)
 
     def grasp_point(self):
         """Can position."""
         return np.array(self.raw.sim.data.body_xpos[self.raw.obj_body_id['Can']])
 
+    def own_bin(self):
+        """Index of the can's target bin region in target_bin_placements."""
+        return [o.name for o in self.raw.objects].index('Can')
+
     def bin_target(self):
-        """Centre of the can's target bin region."""
-        idx = [o.name for o in self.raw.objects].index('Can')
+        """Centre of the bin region the can is carried to: its own, or the wrong one after misplace()."""
+        idx = self.own_bin() if self.wrong_bin is None else self.wrong_bin
         return np.array(self.raw.target_bin_placements[idx])
+
+    def misplace(self):
+        """Carry the can to the nearest other bin region (another object's), where it does not count."""
+        places, own = np.asarray(self.raw.target_bin_placements), self.own_bin()
+        others = [i for i in range(len(places)) if i != own]
+        self.wrong_bin = min(others, key=lambda i: float(np.linalg.norm(places[i][:2] - places[own][:2])))
 
     def carry_z(self):
         """Carry height (world z), clear of the bin walls."""
@@ -348,9 +369,16 @@ class SquareExpert(WaypointExpert):
         """Handle site position."""
         return np.array(self.raw.sim.data.site_xpos[self.raw.sim.model.site_name2id('SquareNut_handle_site')])
 
+    wrong_peg = False  # a misplacing operator drops the square nut over the round peg (misplace)
+
     def peg(self):
-        """Square peg position (its axes are world-aligned)."""
-        return np.array(self.raw.sim.data.body_xpos[self.raw.peg1_body_id])
+        """Square peg position (its axes are world-aligned); the round peg's after misplace()."""
+        return np.array(self.raw.sim.data.body_xpos[self.raw.peg2_body_id if self.wrong_peg
+                                                    else self.raw.peg1_body_id])
+
+    def misplace(self):
+        """Carry the nut to the round peg, where it does not count."""
+        self.wrong_peg = True
 
     def table_z(self):
         """Table top height."""
@@ -423,7 +451,7 @@ EXPERTS = {'lift': LiftExpert, 'can': CanExpert, 'square': SquareExpert}
 
 
 # --- operators of mixed skill (robomimic MH-like data) -------------------------------------------------
-OPERATOR_VERSION = 1  # bumped whenever OPERATORS or Operator change; mixed files record it
+OPERATOR_VERSION = 1  # bumped whenever an existing group's demos change; mixed files record it
 
 
 class Skill(NamedTuple):
@@ -438,6 +466,8 @@ class Skill(NamedTuple):
     miss: float = 0.0  # probability of a wrong approach first (Operator)
     miss_offset: tuple = (0.04, 0.07)  # m, uniform range of how far beside the grasp point it goes
     drop: float = 0.0  # probability of dropping the object once while lifting it, then picking it up again
+    misplace: float = 0.0  # probability of carrying the object to a wrong place (Can: the nearest other bin
+    # region; Square: the round peg) and leaving it there, so the episode fails (Lift places nothing)
 
 
 # The three groups of robomimic's MH datasets ('better', 'okay', 'worse' operators).
@@ -445,6 +475,10 @@ OPERATORS = {
     'better': Skill(),
     'okay': Skill(speed=0.7, noise=0.15, pause=0.15, pause_steps=(5, 15), regrasp=0.3),
     'worse': Skill(speed=0.6, noise=0.3, pause=0.15, pause_steps=(5, 15), regrasp=0.2, miss=0.5, drop=0.5),
+    # Not in robomimic MH, and in no default mix: an operator as fast as the expert who always puts the object
+    # in the wrong place. Its demos fail, so they need --keep_failures; they give a critic fast chunks that
+    # fail, which MH-like data lacks (every kept demo succeeds and only the expert is fast).
+    'careless': Skill(noise=0.1, misplace=1.0),
 }
 
 
@@ -453,7 +487,7 @@ class Operator:
 
     The skill edits the expert's plan once, before the first step: a wrong approach first (descend beside
     the object, close on nothing, open, rise), a re-grasp after the first grasp, a drop while lifting followed
-    by a new pick, pauses between phases. Every step it slows and perturbs the expert's translation action;
+    by a new pick, pauses between phases, a wrong place to put the object (the one error it does not correct). Every step it slows and perturbs the expert's translation action;
     the expert's feedback (its phases end on the observed state) then corrects what the operator got wrong.
     Every random draw comes from `rng`, so an episode is a function of its reset seed and rng seed.
     """
@@ -488,6 +522,9 @@ class Operator:
                                          out[-1].gripper))
                 self.events.append('pause')
             out.append(ph)
+        if s.misplace > 0 and rng.random() < s.misplace:  # drawn last: the other groups' draws are unchanged
+            e.misplace()
+            self.events.append('misplace')
         return out
 
     def act(self):
@@ -502,3 +539,7 @@ class Operator:
         scale = NOISE_FLOOR + np.linalg.norm(action[:3])
         action[:3] = np.clip(np.clip(action[:3], -s.speed, s.speed) + scale * self.noise, -1.0, 1.0)
         return action
+
+    def finished(self):
+        """The expert's plan has run out (see WaypointExpert.finished)."""
+        return self.expert.finished()

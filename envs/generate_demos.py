@@ -13,7 +13,13 @@ never replaced without --overwrite.
 `--mixed` writes robomimic MH-like data: the slots are split into contiguous blocks of operators of mixed
 skill (envs.experts.OPERATORS: 'better' is the expert, 'okay' a noisy expert that hesitates and re-grasps,
 'worse' a slow, noisier operator that approaches wrongly and drops the object), in equal thirds unless
-`--mix` says otherwise. Besides mask/train and mask/valid (10% of each group held out) the file has
+`--mix` says otherwise. A fourth group, 'careless', is in no default mix: as fast as the expert, it puts the
+object in the wrong place (Can: another bin region; Square: the round peg), so its demos fail and need
+`--keep_failures`:
+
+    python -m envs.generate_demos --task can --careless --num_demos 300   # = --mixed --mix better=1,careless=2
+                                                                          #   --keep_failures, out <task>/careless/
+ Besides mask/train and mask/valid (10% of each group held out) the file has
 mask/<group> and, as robomimic names them, mask/okay_better, mask/worse_better, mask/worse_okay; every demo
 records attrs num_samples (its length), success, operator and events (what the operator did).
 """
@@ -46,6 +52,14 @@ LOW_DIM_KEYS = {'robot0_eef_pos': 3, 'robot0_eef_quat': 4, 'robot0_gripper_qpos'
 FILE_OBS_TYPES = {'state': 'low_dim', 'image': 'image'}  # robomimic's file name per observation type
 VALID_FRACTION = 0.1
 DEFAULT_MIX = {'better': 1, 'okay': 1, 'worse': 1}  # equal thirds, as robomimic MH (2 operators per group)
+CARELESS_MIX = {'better': 1, 'careless': 2}  # the careless file: the expert's 100 demos of the mixed file + 200
+# What each generated dataset type (env names {task}-{type}-{obs}, files <data_dir>/<task>/<type>/) is made of:
+# the keyword arguments of generate_demos.
+GENERATED_DATA = {
+    'scripted': {},
+    'mixed': {'mixed': True},
+    'careless': {'mixed': True, 'mix': CARELESS_MIX, 'keep_failures': True},
+}
 
 
 def _check_task(task):
@@ -122,8 +136,9 @@ def run_episode(env, task, seed, strategy, skill=None, rng=None):
     """Roll the expert once from a seeded reset; returns (success, episode dict of arrays).
 
     With a `skill` (envs.experts.Skill) an Operator of that skill drives the expert, drawing from `rng`;
-    the episode dict then lists what it did in 'events'. dones are 1 at a success only (a step-limit end is
-    a truncation, 0)."""
+    the episode dict then lists what it did in 'events'. The episode ends at a success, at the step limit, or
+    once the plan has run out without a success (`finished`: the operator stops recording). dones are 1 at a
+    success only (the other two ends are truncations, 0)."""
     env.reset(seed=seed)
     # Record from a reset_to of the initial state, exactly as a replay of the file starts.
     obs = env.reset_to(env.get_state())
@@ -144,6 +159,7 @@ def run_episode(env, task, seed, strategy, skill=None, rng=None):
         ep['actions'].append(action)
         ep['rewards'].append(reward)
         ep['dones'].append(int(success))
+        done = done or expert.finished()
     out = {'obs': {k: np.stack(v) for k, v in ep['obs'].items()},
            'states': np.stack(ep['states']).astype(np.float64),
            'actions': np.stack(ep['actions']).astype(np.float64),
@@ -300,6 +316,12 @@ def generate_demos(task, num_demos, obs_type, out_path=None, seed=0, workers=1, 
     if mix is not None and not mixed:
         raise ValueError('mix is for mixed files only (pass mixed=True / --mixed)')
     groups = operator_groups(num_demos, mix) if mixed else ()
+    for g in sorted(set(groups), key=list(OPERATORS).index):
+        if OPERATORS[g].misplace > 0 and task == 'lift':
+            raise ValueError(f"mix: the {g!r} operator misplaces the object, and lift places nothing")
+        if OPERATORS[g].misplace >= 1 and not keep_failures:
+            raise ValueError(f"mix: every demo of the {g!r} operator fails (it misplaces the object); "
+                             'pass --keep_failures (keep_failures=True) to keep them')
     if max_attempts is None:
         max_attempts = 30 if mixed else 10
     if max_attempts < 1:
@@ -400,7 +422,13 @@ def main(argv=None):
                    help='--mixed group weights, e.g. better=1,okay=1,worse=1 (the default: equal thirds)')
     p.add_argument('--keep_failures', action='store_true',
                    help='keep failed attempts (true rewards, no done) instead of retrying them')
+    p.add_argument('--careless', action='store_true',
+                   help='the careless file: --mixed --mix better=1,careless=2 --keep_failures '
+                        '(default out <task>/careless/...)')
     a = p.parse_args(argv)
+    if a.careless:
+        a.mixed, a.keep_failures, a.mix = True, True, a.mix or CARELESS_MIX
+        a.out = a.out or default_out_path(a.task, _obs_type(a.obs), 'careless')
     try:
         path = generate_demos(a.task, a.num_demos, a.obs, a.out, seed=a.seed, workers=a.workers,
                               render_quality=a.render, multimodal=a.multimodal, overwrite=a.overwrite,

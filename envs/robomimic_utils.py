@@ -36,8 +36,10 @@ from utils.datasets import Dataset, Storage
 from utils.shape_meta import canonical_obs_type, is_rgb_key, obs_type_of_keys
 
 TASKS = ('lift', 'can', 'square', 'transport', 'tool_hang')
-DATASET_TYPES = ('ph', 'mh', 'mg', 'scripted', 'mixed')
-GENERATED_TYPES = ('scripted', 'mixed')  # written by envs.generate_demos (generated on first use)
+DATASET_TYPES = ('ph', 'mh', 'mg', 'scripted', 'mixed', 'careless')
+# written by envs.generate_demos (generated on first use; what each holds: generate_demos.GENERATED_DATA)
+GENERATED_TYPES = ('scripted', 'mixed', 'careless')
+_GENERATE_FLAGS = {'scripted': '', 'mixed': ' --mixed', 'careless': ' --careless'}
 OBS_TYPES = ('low_dim', 'image')
 
 # Candidate file names inside <data_dir>/<task>/<type>/, most specific first.
@@ -52,7 +54,7 @@ _NAME_RE = re.compile(r'^(?P<task>[a-z_]+)-(?P<type>[a-z]+)-(?P<obs>low_dim|imag
 
 @dataclasses.dataclass(frozen=True)
 class EnvName:
-    """A parsed `{task}-{ph|mh|mg|scripted|mixed}-{low_dim|image}` environment name."""
+    """A parsed `{task}-{ph|mh|mg|scripted|mixed|careless}-{low_dim|image}` environment name."""
 
     task: str
     dataset_type: str
@@ -70,7 +72,7 @@ class EnvName:
 
     @property
     def is_generated(self) -> bool:
-        """True for the types envs.generate_demos writes (scripted, mixed)."""
+        """True for the types envs.generate_demos writes (scripted, mixed, careless)."""
         return self.dataset_type in GENERATED_TYPES
 
     def __str__(self) -> str:
@@ -108,7 +110,7 @@ def data_dir() -> Path:
 
 
 def scripted_dataset_path(task: str, obs_type: str, dataset_type: str = 'scripted') -> Path:
-    """Path of a generated file: <data_dir>/<task>/<scripted|mixed>/<low_dim|image>.hdf5."""
+    """Path of a generated file: <data_dir>/<task>/<scripted|mixed|careless>/<low_dim|image>.hdf5."""
     if task not in TASKS:
         raise ValueError(f'unknown task {task!r}; valid: {list(TASKS)}')
     if obs_type not in OBS_TYPES:
@@ -146,12 +148,12 @@ def get_dataset_path(name: str | EnvName, dataset_path: str | os.PathLike | None
     states_hint = ', '.join(_STATES_FILE_NAMES)
     lines = [f'no dataset file for {str(parsed)!r}. Tried:']
     lines += [f'  {p}' for p in tried]
-    mixed = parsed.dataset_type == 'mixed'
-    generated = scripted_dataset_path(parsed.task, parsed.obs_type, 'mixed' if mixed else 'scripted')
+    kind = parsed.dataset_type if parsed.is_generated else 'scripted'
+    generated = scripted_dataset_path(parsed.task, parsed.obs_type, kind)
     lines += [
         'Ways to get one:',
         f'  - scripted demos (no download): python -m envs.generate_demos --task {parsed.task} '
-        f'--obs {parsed.obs_type}{" --mixed" if mixed else ""}   (writes {generated})',
+        f'--obs {parsed.obs_type}{_GENERATE_FLAGS[kind]}   (writes {generated})',
         f'  - robomimic: python -m robomimic.scripts.download_datasets --tasks {parsed.task} '
         f'--dataset_types {parsed.dataset_type} --hdf5_types raw, which gives {states_hint} in {folder}; '
         f'then render observations with: python -m envs.convert_states_to_obs --input <that file> '

@@ -180,3 +180,36 @@ def test_files_of_older_operators_are_flagged(lift_mixed_file, lift_state_file, 
         info['operator_version'] = OPERATOR_VERSION - 1
         f['data'].attrs['acfql_generator'] = json.dumps(info)
     assert stale_operator_version(old) == OPERATOR_VERSION - 1
+
+
+def test_the_careless_operator_puts_the_can_in_another_bin_and_the_demo_fails():
+    """'careless' is as fast as the expert and carries the can to the nearest other bin region: the demo is
+    kept only with keep_failures, fails with zero rewards and no done, and ends once its plan has run out
+    (FINISH_STEPS in the last phase), not at the 400-step limit. Its draws leave the other groups' demos
+    unchanged."""
+    from envs.experts import FINISH_STEPS
+    env = RobosuiteEnv(**env_spec('can', 'low_dim'))
+    recipe = Recipe('can', seed=0, max_attempts=1, groups=('better', 'careless'), keep_failures=True)
+    ep, info = demo_slot(env, recipe, 1)
+    raw = env.raw
+    can = raw.sim.data.body_xpos[raw.obj_body_id['Can']]
+    places = np.asarray(raw.target_bin_placements)
+    own = [o.name for o in raw.objects].index('Can')
+    nearest = int(np.argmin(np.linalg.norm(places[:, :2] - can[:2], axis=1)))
+    assert info['operator'] == 'careless' and info['events'] == ['misplace'] and not info['success']
+    assert nearest != own and can[2] < places[nearest][2] + 0.1  # resting in another region of the bin
+    assert ep['rewards'].sum() == 0 and ep['dones'].sum() == 0
+    assert FINISH_STEPS < len(ep['actions']) < 300
+    ep_default, _ = demo_slot(env, Recipe('can', seed=0, groups=('better', 'okay')), 0)
+    ep_mixed, _ = demo_slot(env, recipe, 0)
+    env.close()
+    np.testing.assert_array_equal(ep_default['actions'], ep_mixed['actions'])
+
+
+def test_a_careless_mix_needs_keep_failures_and_a_task_that_places(tmp_path):
+    with pytest.raises(ValueError, match="'careless'.*keep_failures"):
+        generate_demos('can', 3, 'low_dim', tmp_path / 'a.hdf5', mixed=True, mix={'better': 1, 'careless': 2})
+    with pytest.raises(ValueError, match="'careless'.*lift places nothing"):
+        generate_demos('lift', 3, 'low_dim', tmp_path / 'b.hdf5', mixed=True, mix={'careless': 1},
+                       keep_failures=True)
+    assert not list(tmp_path.iterdir())

@@ -252,6 +252,18 @@ def test_mixed_env_names_resolve_like_scripted(tmp_path, monkeypatch):
                                                                                  scripted.obs_type, 'fbc')
     with pytest.raises(FileNotFoundError, match='--mixed'):   # the hint names the generator's flag
         get_dataset_path('can-mixed-low_dim')
+    assert candidate_paths('can-careless-low_dim') == [tmp_path / 'can' / 'careless' / 'low_dim.hdf5']
+    assert parse_env_name('square-careless-image').is_generated
+    assert max_episode_steps('can-careless-low_dim') == 400
+    with pytest.raises(FileNotFoundError, match='--careless'):
+        get_dataset_path('can-careless-low_dim')
+
+
+def test_every_generated_type_has_a_recipe():
+    from envs.generate_demos import GENERATED_DATA
+    from envs.robomimic_utils import GENERATED_TYPES
+
+    assert sorted(GENERATED_DATA) == sorted(GENERATED_TYPES)
 
 
 def _grouped_file(tmp_path, extra_masks=None):

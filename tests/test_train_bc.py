@@ -314,6 +314,9 @@ def test_bad_filter_key_lists_the_files_masks(lift_mixed_file, tmp_path):
 @pytest.mark.parametrize('args, message', [
     (['--filter_key=better'], 'has masks train, valid'),  # a scripted file has no operator groups
     (['--env_name=can-mixed-low_dim', '--filter_key=best'], 'has masks train, valid, better, okay, worse'),
+    (['--env_name=can-careless-low_dim', '--filter_key=okay'], 'has masks train, valid, better, careless, '
+                                                               'careless_better'),
+    (['--env_name=lift-careless-low_dim'], "the 'careless' operator misplaces the object, and lift places nothing"),
     (['--agent.horizon_length=0'], 'horizon_length'),
     (['--network_type=cnn'], 'cnn'),
     (['--agent.action_steps=32'], 'action_steps'),
