@@ -247,9 +247,11 @@ def test_mixed_env_names_resolve_like_scripted(tmp_path, monkeypatch):
         scripted_dataset_path('lift', 'image', 'mh')
     assert max_episode_steps('can-mixed-low_dim') == max_episode_steps('can-scripted-low_dim') == 400
     for task in ('lift', 'can', 'square'):   # the recipe is keyed by task and obs type, not by data type
-        mixed, scripted = parse_env_name(f'{task}-mixed-low_dim'), parse_env_name(f'{task}-scripted-low_dim')
-        assert task_defaults(mixed.task, mixed.obs_type, 'fbc') == task_defaults(scripted.task,
-                                                                                 scripted.obs_type, 'fbc')
+        scripted = parse_env_name(f'{task}-scripted-low_dim')
+        for kind in ('mixed', 'careless'):
+            other = parse_env_name(f'{task}-{kind}-low_dim')
+            assert task_defaults(other.task, other.obs_type, 'fbc') == task_defaults(scripted.task,
+                                                                                     scripted.obs_type, 'fbc')
     with pytest.raises(FileNotFoundError, match='--mixed'):   # the hint names the generator's flag
         get_dataset_path('can-mixed-low_dim')
     assert candidate_paths('can-careless-low_dim') == [tmp_path / 'can' / 'careless' / 'low_dim.hdf5']
