@@ -2,8 +2,8 @@
 
     python -m bench.critic runs/<run>/checkpoints/latest.pt [--masks better,okay,worse] [--samples 2000]
 
-The masks default to robomimic's operator groups `better`, `okay`, `worse` where the file has them, else
-`train`. For `--samples` steps drawn uniformly from each mask's training demos, with the weights that act
+The masks default to the operator groups the file has (`envs.experts.OPERATORS`: robomimic's `better`,
+`okay`, `worse`, and our `careless`), else `train`. For `--samples` steps drawn uniformly from each mask's training demos, with the weights that act
 (EMA, eval mode), and only chunks that end inside their episode (those the critic loss trains on):
 - q_data: the critic's Q(o, chunk) of the data's chunk (mean over the ensemble);
 - return_to_go: the data's discounted return from that step (`Dataset.returns_to_go`), and corr_q_return,
@@ -30,7 +30,6 @@ import torch
 FIELDS = ['checkpoint', 'step', 'mask', 'n', 'q_data', 'return_to_go', 'corr_q_return', 'adv_data',
           'frac_adv_below_0', 'gain_onestep', 'flow_q_std',
           'corr_q_speed', 'speed_best_over_mean']
-GROUPS = ('better', 'okay', 'worse')  # robomimic's MH operator masks
 
 
 def resolve_masks(path, masks) -> list:
@@ -38,9 +37,10 @@ def resolve_masks(path, masks) -> list:
     else its training split."""
     from envs.hdf5_reader import list_masks
 
+    from envs.experts import OPERATORS
     present = list_masks(path)
     if not masks:
-        return [m for m in GROUPS if m in present] or ['train']
+        return [m for m in OPERATORS if m in present] or ['train']
     bad = [m for m in masks if m != 'train' and m not in present]
     if bad:
         raise SystemExit(f'bench.critic: {path}: no mask {bad}; its masks: {", ".join(present) or "none"} '

@@ -120,6 +120,27 @@ def test_meanflow_screen_velocity_head_is_the_tangent_and_is_trained():
     assert samples.shape == (4, 8, 2) and torch.isfinite(samples).all()
 
 
+def test_critic_default_masks_are_the_files_operator_groups(tmp_path):
+    """bench.critic's default rows: the operator groups a file has, ours ('careless') included, in
+    OPERATORS' order; a file without any gets 'train'."""
+    import h5py
+
+    from bench.critic import resolve_masks
+
+    def masked_file(name, masks):
+        path = tmp_path / name
+        with h5py.File(path, 'w') as f:
+            for m in masks:
+                f.create_dataset(f'mask/{m}', data=[b'demo_0'])
+        return str(path)
+
+    careless = masked_file('careless.hdf5', ['train', 'valid', 'careless', 'careless_better', 'better'])
+    assert resolve_masks(careless, None) == ['better', 'careless']
+    mixed = masked_file('mixed.hdf5', ['worse', 'better', 'okay', 'train'])
+    assert resolve_masks(mixed, None) == ['better', 'okay', 'worse']
+    assert resolve_masks(masked_file('plain.hdf5', ['train', 'valid']), None) == ['train']
+
+
 @pytest.mark.slow
 def test_critic_report_one_row_per_operator_group(lift_mixed_file, tmp_path):
     """bench.critic on a real (2-step) ACFQL checkpoint of a mixed file: a row per operator group with the
