@@ -3,8 +3,9 @@
     python -m bench.critic runs/<run>/checkpoints/latest.pt [--masks better,okay,worse] [--samples 2000]
 
 The masks default to the operator groups the file has (`envs.experts.OPERATORS`: robomimic's `better`,
-`okay`, `worse`, and our `careless`), else `train`. For `--samples` steps drawn uniformly from each mask's training demos, with the weights that act
-(EMA, eval mode), and only chunks that end inside their episode (those the critic loss trains on):
+`okay`, `worse`, and our `careless`), else `train`. For `--samples` steps drawn uniformly from each mask's
+training demos, with the weights that act (EMA, eval mode), and only chunks that end inside their episode
+(those the critic loss trains on):
 - q_data: the critic's Q(o, chunk) of the data's chunk (mean over the ensemble);
 - return_to_go: the data's discounted return from that step (`Dataset.returns_to_go`), and corr_q_return,
   the correlation of the two over the steps;
@@ -35,9 +36,8 @@ FIELDS = ['checkpoint', 'step', 'mask', 'n', 'q_data', 'return_to_go', 'corr_q_r
 def resolve_masks(path, masks) -> list:
     """`masks` checked against the file's (SystemExit naming them), or the operator groups the file has,
     else its training split."""
-    from envs.hdf5_reader import list_masks
-
     from envs.experts import OPERATORS
+    from envs.hdf5_reader import list_masks
     present = list_masks(path)
     if not masks:
         return [m for m in OPERATORS if m in present] or ['train']
