@@ -23,12 +23,6 @@ from envs.robomimic_utils import (
 __all__ = ['EnvFactory', 'make_env_and_datasets', 'parse_env_name', 'resolve_obs_type', 'ensure_dataset',
            'preview_shape_meta', 'check_filter_key']
 
-# Demos generated on first use of a scripted / mixed / careless env name when no file exists yet (mixed and
-# careless low_dim: 300, as robomimic MH; images half as many, as for scripted).
-DEFAULT_SCRIPTED_DEMOS = {'low_dim': 200, 'image': 100}
-DEFAULT_MIXED_DEMOS = {'low_dim': 300, 'image': 150}
-
-
 class EnvFactory:
     """Picklable recipe for a `RobosuiteEnv` (evaluation workers call it to build their own env)."""
 
@@ -54,10 +48,10 @@ def ensure_dataset(env_name, dataset_path=None, num_demos=None, seed=0, workers=
         return get_dataset_path(parsed, dataset_path)
     path = scripted_dataset_path(parsed.task, parsed.obs_type, parsed.dataset_type)
     if not path.is_file():
-        from envs.generate_demos import GENERATED_DATA, generate_demos
+        from envs.generate_demos import DEFAULT_NUM_DEMOS, GENERATED_DATA, generate_demos
 
         recipe = GENERATED_DATA[parsed.dataset_type]
-        n = num_demos or (DEFAULT_MIXED_DEMOS if recipe.get('mixed') else DEFAULT_SCRIPTED_DEMOS)[parsed.obs_type]
+        n = num_demos or DEFAULT_NUM_DEMOS[parsed.dataset_type][parsed.obs_type]
         print(f'{env_name}: no dataset at {path}; generating {n} {parsed.dataset_type} demos '
               '(first use only)', file=sys.stderr)
         generate_demos(parsed.task, n, parsed.obs_type, out_path=path, seed=seed,

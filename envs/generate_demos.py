@@ -60,6 +60,12 @@ GENERATED_DATA = {
     'mixed': {'mixed': True},
     'careless': {'mixed': True, 'mix': CARELESS_MIX, 'keep_failures': True},
 }
+# How many demos a generated file holds unless --num_demos says otherwise, the same from the command line
+# and on first use of an env name: scripted 200 (low_dim) / 100 (image); mixed and careless 300 / 150, as
+# robomimic MH's 300 per task.
+DEFAULT_NUM_DEMOS = {'scripted': {'low_dim': 200, 'image': 100},
+                     'mixed': {'low_dim': 300, 'image': 150},
+                     'careless': {'low_dim': 300, 'image': 150}}
 
 
 def _check_task(task):
@@ -404,7 +410,9 @@ def main(argv=None):
     """Command line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--task', required=True, choices=sorted(TASK_SPECS))
-    p.add_argument('--num_demos', type=int, default=100)
+    p.add_argument('--num_demos', type=int, default=None,
+                   help='demos in the file (default: as on first use of the env name, DEFAULT_NUM_DEMOS: '
+                        'scripted 200 low_dim / 100 image, mixed and careless 300 / 150)')
     p.add_argument('--obs', default='low_dim', choices=OBS_TYPE_NAMES)
     p.add_argument('--out', default=None,
                    help='output hdf5 (default <$ROBOMIMIC_DATA_DIR>/<task>/<scripted|mixed>/...)')
@@ -429,6 +437,9 @@ def main(argv=None):
     if a.careless:
         a.mixed, a.keep_failures, a.mix = True, True, a.mix or CARELESS_MIX
         a.out = a.out or default_out_path(a.task, _obs_type(a.obs), 'careless')
+    if a.num_demos is None:
+        kind = 'careless' if a.careless else 'mixed' if a.mixed else 'scripted'
+        a.num_demos = DEFAULT_NUM_DEMOS[kind][_obs_type(a.obs)]
     try:
         path = generate_demos(a.task, a.num_demos, a.obs, a.out, seed=a.seed, workers=a.workers,
                               render_quality=a.render, multimodal=a.multimodal, overwrite=a.overwrite,

@@ -165,6 +165,24 @@ def test_a_mixed_name_generates_its_file_on_first_use(tmp_path, monkeypatch, cap
     assert sorted(p.name for p in path.parent.iterdir()) == ['low_dim.hdf5']
 
 
+@pytest.mark.parametrize('flags, kind, obs', [
+    ([], 'scripted', 'low_dim'), (['--obs', 'image'], 'scripted', 'image'), (['--mixed'], 'mixed', 'low_dim'),
+    (['--careless'], 'careless', 'low_dim'), (['--careless', '--obs', 'image'], 'careless', 'image')])
+def test_the_command_line_writes_as_many_demos_as_first_use(tmp_path, monkeypatch, flags, kind, obs):
+    """The generator's command line without --num_demos asks for the count ensure_dataset generates."""
+    from envs import env_utils
+
+    asked = {}
+    monkeypatch.setattr(gd, 'generate_demos', lambda task, n, *a, **k: asked.setdefault('cli', n))
+    gd.main(['--task', 'can', '--out', str(tmp_path / 'x.hdf5'), *flags])
+    monkeypatch.setenv('ROBOMIMIC_DATA_DIR', str(tmp_path))
+    monkeypatch.setattr(gd, 'generate_demos', lambda task, n, *a, **k: asked.setdefault('use', n))
+    monkeypatch.setattr(env_utils, 'get_dataset_path', lambda parsed, path: path)
+    env_utils.ensure_dataset(f'can-{kind}-{obs}', workers=1)
+    assert asked['cli'] == asked['use'] == gd.DEFAULT_NUM_DEMOS[kind][obs]
+    assert gd.DEFAULT_NUM_DEMOS['careless']['low_dim'] == 300  # the README's careless file: 100 better + 200
+
+
 @pytest.mark.slow
 def test_files_of_older_operators_are_flagged(lift_mixed_file, lift_state_file, tmp_path):
     import shutil
