@@ -290,6 +290,11 @@ class Run:
             print(f'--filter_key={run_flags["filter_key"]}: {self.train_ds.num_episodes} train / '
                   f'{0 if self.val_ds is None else self.val_ds.num_episodes} valid demos', file=sys.stderr)
         self.shape_meta = self.train_ds.shape_meta
+        self.data_info = {  # the file and demos this run trains on (summary.json), before any online episode
+            'file': str(self.train_ds.env_meta.get('source_file')), 'filter_key': run_flags.get('filter_key'),
+            'train_demos': self.train_ds.num_episodes,
+            'valid_demos': 0 if self.val_ds is None else self.val_ds.num_episodes,
+        }
         self.env_info = {  # what evaluation needs to rebuild the env, stored in every checkpoint
             'env_name': run_flags['env_name'],
             'env_meta': self.train_ds.env_meta,  # env_args, render_quality, source_file
@@ -587,7 +592,7 @@ class Run:
         summary = {'step': self.step, 'offline_steps': self.flags['offline_steps'],
                    'best_success_rate': self.best_success if self.best_success >= 0 else None,
                    'last_eval': last_eval, 'wall_s_this_process': round(wall_s, 1),
-                   'code_version': git_version()}
+                   'dataset': self.data_info, 'code_version': git_version()}
         if self.flags['online_steps'] > 0:
             o = self.online
             summary.update(online_steps=self.flags['online_steps'], utd_ratio=self.flags['utd_ratio'],

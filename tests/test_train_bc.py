@@ -300,6 +300,10 @@ def test_filter_key_trains_on_one_mask_and_mixed_names_get_the_task_recipe(lift_
                                 for k in ('better', 'train', 'valid'))
     counts = f'{len(better & train)} train / {len(better & valid)} valid demos'
     assert f'--filter_key=better: {counts}' in proc.stderr
+    # summary.json names the file and the demos the run trained on
+    data = json.load(open(os.path.join(run_dir, 'summary.json')))['dataset']
+    assert data == {'file': str(lift_mixed_file), 'filter_key': 'better', 'train_demos': len(better & train),
+                    'valid_demos': len(better & valid)}
 
 
 def test_bad_filter_key_lists_the_files_masks(lift_mixed_file, tmp_path):
