@@ -282,6 +282,21 @@ def test_the_can_recipe_a_user_gets(extra, applied, lift_state_file, tmp_path):
         assert saved['agent']['sample_temperature'] == 1.0  # FBC's own default with another network
 
 
+@pytest.mark.parametrize('env_name, temperature', [
+    ('can-careless-low_dim', 0.0), ('lift-mixed-low_dim', 1.0), ('square-scripted-low_dim', 1.0)])
+def test_acfql_acts_from_z_0_on_can_only(env_name, temperature, lift_state_file, tmp_path):
+    """ACFQL's Can recipe is its one-step policy at z = 0; its horizons and optimizer stay its own."""
+    run_cli([f'--env_name={env_name}', f'--dataset_path={lift_state_file}', '--agent=agents/fql.py',
+             '--offline_steps=1', '--eval_episodes=0', '--agent.batch_size=4', '--wandb_mode=disabled'],
+            tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    saved = json.load(open(os.path.join(run_dir, 'flags.json')))
+    assert saved['agent']['sample_temperature'] == temperature
+    assert {k for k in saved['task_defaults'] if k.startswith('agent.')} == (
+        {'agent.sample_temperature'} if temperature == 0 else set())
+    assert saved['agent']['horizon_length'] == 5 and saved['agent']['lr'] == 1e-3
+
+
 def test_filter_key_trains_on_one_mask_and_mixed_names_get_the_task_recipe(lift_mixed_file, tmp_path):
     """--filter_key=better trains on mask/better's demos only (its train / valid demos), is recorded in
     flags.json and the run name; a mixed env name gets the same task recipe as the scripted one."""
