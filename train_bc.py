@@ -286,15 +286,15 @@ class Run:
                 max_episode_steps=run_flags['eval_max_steps'], filter_key=run_flags.get('filter_key'),
                 **({'storage': 'ram'} if online else {}))  # online episodes are appended in RAM
         _, _, self.train_ds, self.val_ds = data
-        if run_flags.get('filter_key'):
-            print(f'--filter_key={run_flags["filter_key"]}: {self.train_ds.num_episodes} train / '
-                  f'{0 if self.val_ds is None else self.val_ds.num_episodes} valid demos', file=sys.stderr)
-        self.shape_meta = self.train_ds.shape_meta
         self.data_info = {  # the file and demos this run trains on (summary.json), before any online episode
             'file': str(self.train_ds.env_meta.get('source_file')), 'filter_key': run_flags.get('filter_key'),
             'train_demos': self.train_ds.num_episodes,
             'valid_demos': 0 if self.val_ds is None else self.val_ds.num_episodes,
         }
+        if run_flags.get('filter_key'):
+            print(f'--filter_key={run_flags["filter_key"]}: {self.data_info["train_demos"]} train / '
+                  f'{self.data_info["valid_demos"]} valid demos', file=sys.stderr)
+        self.shape_meta = self.train_ds.shape_meta
         self.env_info = {  # what evaluation needs to rebuild the env, stored in every checkpoint
             'env_name': run_flags['env_name'],
             'env_meta': self.train_ds.env_meta,  # env_args, render_quality, source_file

@@ -30,7 +30,7 @@ Why these values (scripted data, state, 50 evaluation episodes; the README's res
   but mixed Lift 0.96 -> 0.68 (1 seed; 0.90 at 0.5). The README's "Sampling from z = 0" has the table.
 - ACFQL on Can acts with its one-step policy at z = 0 too (sample_temperature 0; its own horizons, network and
   lr stay). The same checkpoints, temperature 1 -> 0, 10k steps: mixed Can 0.74 -> 1.00 and 0.74 -> 0.96
-  (seeds 1, 2); careless Can (3 seeds) in the README's "ACFQL at z = 0 on careless Can". Not measured on
+  (seeds 1, 2); careless Can (3 seeds) 0.513 -> 0.593 in the README's "ACFQL at z = 0 on Can". Not measured on
   Square, so not set there; on mixed Lift it changed nothing (1.00 -> 1.00, 1 seed).
 """
 
