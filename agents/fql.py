@@ -100,6 +100,10 @@ class FQLAgent(BCAgent):
         _require(c.alpha >= 0, 'alpha', c.alpha, 'a float >= 0')
         _require(c.q_agg in ('mean', 'min'), 'q_agg', c.q_agg, "'mean' or 'min'")
         _require(int(c.best_of_n) >= 0, 'best_of_n', c.best_of_n, 'an integer >= 0 (0, 1 = one-step policy)')
+        # at temperature 0 the N candidates are one chunk, and best-of-N is the BC flow from z = 0 in disguise
+        _require(int(c.best_of_n) <= 1 or float(c.sample_temperature) > 0, 'best_of_n', c.best_of_n,
+                 f'0 or 1 with sample_temperature={c.sample_temperature} (its N chunks would all be the '
+                 'one from z = 0); give --agent.sample_temperature > 0 (1: the prior) with best_of_n > 1')
         _require(0 < c.tau <= 1, 'tau', c.tau, 'a float in (0, 1]')
         policy = c.get('sample_policy', 'onestep')  # absent in checkpoints older than the field
         _require(policy in ('onestep', 'flow'), 'sample_policy', policy,
@@ -134,12 +138,13 @@ class FQLAgent(BCAgent):
         """mu(o, z) clipped to [-1, 1]. z (B,Tp,A)."""
         return self.onestep_chunk(model, cond, z).clamp(-1, 1)
 
-    def best_of_n_policy(self, model, cond, critic_cond, generator):
-        """Draw N chunks from the BC flow per observation and keep the one with the highest mean Q."""
+    def best_of_n_policy(self, model, cond, critic_cond, generator, temperature):
+        """Draw N chunks from the BC flow per observation, from `temperature` times the prior's noise, and
+        keep the one with the highest mean Q."""
         n, b = int(self.config.best_of_n), cond.shape[0]
         rep = lambda x: x.repeat_interleave(n, dim=0)  # (B, ...) -> (B*N, ...)
         shape = (b * n, int(self.config.horizon_length), self.action_dim)
-        z = self.sampling_noise(shape, generator, cond.dtype)
+        z = self.noise(shape, generator, cond.dtype) * float(temperature)
         chunks = euler_flow(model['actor'], rep(cond), z, int(self.config.flow_steps)).clamp(-1, 1)
         q = model['critic'](rep(critic_cond), chunks).mean(0).view(b, n)  # (B, N)
         best = q.argmax(dim=1)  # (B,)
@@ -156,7 +161,8 @@ class FQLAgent(BCAgent):
         """The best of N BC-flow chunks under the critic; else the BC flow's chunk or the one-step policy's,
         as sample_policy says."""
         if int(self.config.best_of_n) > 1:
-            return self.best_of_n_policy(model, features.policy, features.critic, generator)
+            return self.best_of_n_policy(model, features.policy, features.critic, generator,
+                                         self.config.sample_temperature)
         if self.config.get('sample_policy', 'onestep') == 'flow':  # absent in older checkpoints
             return euler_flow(model['actor'], features.policy, z, int(self.config.flow_steps)).clamp(-1, 1)
         return self.onestep_policy(model, features.policy, z)
@@ -176,7 +182,8 @@ class FQLAgent(BCAgent):
             next_cond = self.model['encoder'](next_obs)
             if int(self.config.best_of_n) > 1:
                 next_critic_cond = critic['encoder'](next_obs)
-                next_actions = self.best_of_n_policy(self.model, next_cond, next_critic_cond, self.rng)
+                # the prior's own noise: training does not depend on how the trained agent samples
+                next_actions = self.best_of_n_policy(self.model, next_cond, next_critic_cond, self.rng, 1.0)
             else:
                 next_actions = self.onestep_policy(self.model, next_cond, self.randn_like(batch['actions']))
             next_q = self.target['critic'](self.target['encoder'](next_obs), next_actions)  # (K, B)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import agents.fql as fql_module
 from agents import AGENTS
 from tests.agent_contract import (
     SHAPE_METAS,
@@ -154,10 +155,10 @@ def test_checkpoint_without_noise_prior_loads_with_standard_noise(tmp_path):
 
 
 @pytest.mark.parametrize('name, extra', [('fbc', {}), ('mfbc', {}), ('imfbc', {}), ('fql', {}),
-                                         ('fql', {'best_of_n': 3})])
+                                         ('fql', {'sample_policy': 'flow'})])
 def test_sample_temperature_scales_the_sampling_noise(name, extra, monkeypatch):
     """sample_temperature tau: the flow starts from tau times the prior's noise of the same seed; tau = 0
-    makes sampling deterministic (every seed, best-of-N included); a negative tau is refused naming it."""
+    makes sampling deterministic (every seed); a negative tau is refused naming it."""
     shape_meta = SHAPE_METAS['state']
     rng = np.random.default_rng(0)
     config = tiny_config(name, 'mlp', 'state')
@@ -171,19 +172,50 @@ def test_sample_temperature_scales_the_sampling_noise(name, extra, monkeypatch):
     zero = agent.sample_actions(obs, seed=3)
     assert torch.equal(zero, agent.sample_actions(obs, seed=4)), 'tau = 0: the same chunk for every seed'
     assert not torch.equal(zero, default)
-    if not extra:  # the z handed to sample_chunk (best-of-N draws its N chunks' noise inside it)
-        starts = []
+    starts = []  # the z handed to sample_chunk
 
-        def record(self, model, features, z, generator):
-            starts.append(z)
-            return torch.zeros_like(z)
+    def record(self, model, features, z, generator):
+        starts.append(z)
+        return torch.zeros_like(z)
 
-        monkeypatch.setattr(type(agent), 'sample_chunk', record)
-        for tau in (0.5, 1.0):
-            agent.config.sample_temperature = tau
-            agent.sample_actions(obs, seed=3)
-        torch.testing.assert_close(starts[0], 0.5 * starts[1])
+    monkeypatch.setattr(type(agent), 'sample_chunk', record)
+    for tau in (0.5, 1.0):
+        agent.config.sample_temperature = tau
+        agent.sample_actions(obs, seed=3)
+    torch.testing.assert_close(starts[0], 0.5 * starts[1])
     config.sample_temperature = -0.1
     with pytest.raises(ValueError, match=r'config.sample_temperature=-0.1'):
         AGENTS[name].create(shape_meta, config, normalizer_stats=normalizer_stats(shape_meta),
                             action_chunks=action_chunks(rng))
+
+
+def test_best_of_n_draws_its_candidates_at_the_sampling_temperature_and_trains_from_the_prior(monkeypatch):
+    """ACFQL best-of-N: the N candidate chunks start from sample_temperature times the prior's noise when
+    sampling, from the prior itself in the critic's target (training does not depend on how the trained
+    agent samples), and best_of_n > 1 at temperature 0 (N equal chunks) is refused naming both fields."""
+    shape_meta = SHAPE_METAS['state']
+    rng = np.random.default_rng(0)
+    config = tiny_config('fql', 'mlp', 'state')
+    config.best_of_n = 3
+    agent = AGENTS['fql'].create(shape_meta, config, normalizer_stats=normalizer_stats(shape_meta), seed=0,
+                                 action_chunks=action_chunks(rng))
+    starts = []  # the candidates' noise handed to the BC flow
+    monkeypatch.setattr(fql_module, 'euler_flow', lambda net, cond, z, steps: starts.append(z) or z)
+    obs = raw_batch(shape_meta, rng)['observations']
+    for tau in (0.5, 1.0):
+        agent.config.sample_temperature = tau
+        agent.sample_actions(obs, seed=3)
+    assert len(starts[0]) == 3 * len(next(iter(obs.values())))  # N candidates per observation
+    torch.testing.assert_close(starts[0], 0.5 * starts[1])
+    batch = agent.prepare_batch(raw_batch(shape_meta, rng))
+    losses = []
+    for tau in (0.25, 1.0):
+        agent.config.sample_temperature = tau
+        agent.rng.manual_seed(7)
+        losses.append(agent.critic_loss(batch)[0])
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    torch.testing.assert_close(starts[2], starts[3])
+    config.sample_temperature = 0.0
+    with pytest.raises(ValueError, match=r'config.best_of_n=3.*sample_temperature=0.0'):
+        AGENTS['fql'].create(shape_meta, config, normalizer_stats=normalizer_stats(shape_meta),
+                             action_chunks=action_chunks(rng))
