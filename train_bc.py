@@ -14,6 +14,7 @@ Experiment flags live here; hyperparameters live in the agent config file (`--ag
 no agent by name: every agent has `create / update / sample_actions / save / load`.
 """
 
+import copy
 import functools
 import itertools
 import json
@@ -73,6 +74,9 @@ flags.DEFINE_integer('utd_ratio', 1, 'Online update-to-data ratio: gradient step
                      '(after each executed chunk of n env steps, utd_ratio * n gradient steps).')
 flags.DEFINE_integer('collect_seed', 2_000_000, 'Online episode j resets with seed collect_seed + j; the '
                      'range [collect_seed, collect_seed + online_steps) must miss the evaluation seeds.')
+flags.DEFINE_float('collect_temperature', 1.0, 'Online collection samples from the prior\'s noise times this '
+                   '(1: the prior itself, as Q-chunking collects; 0: deterministic). Evaluation keeps '
+                   '--agent.sample_temperature (a task recipe may set it to 0).')
 flags.DEFINE_integer('log_interval', 500, 'Steps between train.csv rows (with a validation loss).')
 flags.DEFINE_integer('eval_interval', 10000, 'Steps between evaluations (0: only at the end).')
 flags.DEFINE_integer('save_interval', 5000, 'Steps between latest-checkpoint saves (0: only at the end).')
@@ -107,6 +111,7 @@ RESUME_OVERRIDABLE = ('offline_steps', 'log_interval', 'eval_interval', 'save_in
                       'eval_max_steps', 'eval_workers', 'video_episodes', 'video_failures', 'wandb_mode',
                       'device', 'prefetch_batches')
 EXPERIMENT_FLAGS = ('env_name', 'dataset_path', 'offline_steps', 'online_steps', 'utd_ratio', 'collect_seed',
+                    'collect_temperature',
                     'log_interval', 'eval_interval',
                     'save_interval', 'eval_episodes', 'eval_max_steps', 'eval_workers', 'eval_seed',
                     'video_episodes', 'video_failures', 'seed',
@@ -629,14 +634,16 @@ class StopSignals:
         return False
 
 
-def collection_policy(agent, episode_seed):
-    """The collecting policy of one online episode: the agent's `sample_actions` (its evaluation weights),
-    with the noise of the k-th chunk seeded by (episode seed, k), so no training RNG is drawn from."""
+def collection_policy(agent, episode_seed, temperature):
+    """The collecting policy of one online episode: the agent's `sample_actions` (its evaluation weights) at
+    `temperature` (--collect_temperature), with the noise of the k-th chunk seeded by (episode seed, k), so
+    no training RNG is drawn from."""
     calls = itertools.count()
 
     def policy(obs):  # obs: dict of (1, To, ...) numpy -> (1, Tp, A) numpy
         with torch.no_grad():
-            chunk = agent.sample_actions(obs, seed=chunk_noise_seed(episode_seed, next(calls)))
+            chunk = agent.sample_actions(obs, seed=chunk_noise_seed(episode_seed, next(calls)),
+                                         temperature=temperature)
         return chunk.detach().float().cpu().numpy()
 
     return policy
@@ -718,7 +725,7 @@ def online_phase(run, stop):
             if stop.signum is not None:
                 return run.stopped(stop.signum)
             seed = collection_seed(f['collect_seed'], state['episodes'])
-            episode = collector.run(collection_policy(run.agent, seed), seed,
+            episode = collector.run(collection_policy(run.agent, seed, f['collect_temperature']), seed,
                                     budget=f['online_steps'] - state['env_steps'], after_chunk=after_chunk)
             if episode is None or run.exit_code is not None:
                 return interrupted()
@@ -864,6 +871,9 @@ def check_run_flags(run_flags):
         if value is None or value < low:
             allowed = f'an integer >= {low}' + (' (or unset)' if none_ok else '')
             raise UserError(f'--{name}={value}: expected {allowed}')
+    temperature = run_flags['collect_temperature']
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0):
+        raise UserError(f'--collect_temperature={temperature}: expected a float >= 0')
     if run_flags['offline_steps'] + run_flags['online_steps'] < 1:
         raise UserError(f'--offline_steps={run_flags["offline_steps"]} with --online_steps='
                         f'{run_flags["online_steps"]}: nothing to train; expected one of them >= 1')
@@ -891,7 +901,14 @@ def check_agent_config(config, run_flags):
     # that a 'chunk_cov' noise prior got none does not apply to this check.
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings('ignore', message="config.noise_prior='chunk_cov'", category=UserWarning)
-        AGENTS[config.agent_name].create(shape_meta, config, device='cpu')
+        agent = AGENTS[config.agent_name].create(shape_meta, config, device='cpu')
+    if run_flags['online_steps'] > 0:  # the agent must also be able to sample at the collection temperature
+        collecting = copy.deepcopy(agent.config)
+        collecting.sample_temperature = run_flags['collect_temperature']
+        try:
+            agent.validate_config(collecting)
+        except ValueError as e:
+            raise UserError(f'--collect_temperature={run_flags["collect_temperature"]}: {e}') from None
 
 
 def thread_governor(threads):
@@ -904,12 +921,15 @@ def thread_governor(threads):
     return ThreadGovernor(threads)
 
 
-def online_flags_of_resumed_run(saved):
-    """A resumed run's flags with the online flags filled in (older checkpoints lack them); a changed
-    --online_steps, --utd_ratio or --collect_seed (or --offline_steps of a run with an online phase) is an
-    error, since the LR schedule, the phase boundary and the collection seeds follow from them."""
+def online_flags_of_resumed_run(saved, agent_config):
+    """A resumed run's flags with the online flags filled in (older checkpoints lack them; a run from before
+    --collect_temperature collected at its agent's sample_temperature); a changed --online_steps,
+    --utd_ratio, --collect_seed or --collect_temperature (or --offline_steps of a run with an online phase)
+    is an error, since the LR schedule, the phase boundary and what is collected follow from them."""
     run_flags = {'online_steps': 0, 'utd_ratio': 1, 'collect_seed': FLAGS['collect_seed'].default, **saved}
-    fixed = ['online_steps', 'utd_ratio', 'collect_seed']
+    if 'collect_temperature' not in run_flags:  # written before the flag: collected at the agent's own
+        run_flags['collect_temperature'] = float(agent_config.get('sample_temperature', 1.0))
+    fixed = ['online_steps', 'utd_ratio', 'collect_seed', 'collect_temperature']
     if run_flags['online_steps'] > 0:
         fixed.append('offline_steps')
     for name in fixed:
@@ -933,7 +953,7 @@ def main(argv):
     if FLAGS.resume:
         path = resolve_checkpoint(FLAGS.resume)
         extra = load_extra(path)
-        run_flags = online_flags_of_resumed_run(extra['flags'])
+        run_flags = online_flags_of_resumed_run(extra['flags'], extra['config'])
         for name in RESUME_OVERRIDABLE:
             if FLAGS[name].present:
                 run_flags[name] = getattr(FLAGS, name)

@@ -297,12 +297,20 @@ class Agent:
                                  f'expected (B, {want})')
 
     @torch.no_grad()
-    def sample_actions(self, observations, seed=None):
+    def sample_actions(self, observations, seed=None, temperature=None):
         """Action chunks (B,Tp,A) in the dataset's action units, from EMA weights in eval mode.
 
         observations: dict of (B, To, ...) raw arrays/tensors. `seed` makes the noise reproducible;
-        without it the agent's own sampling generator advances.
+        without it the agent's own sampling generator advances. `temperature` replaces
+        config.sample_temperature for this call (online collection: train_bc.py --collect_temperature).
         """
+        if temperature is not None:
+            saved = self.config.sample_temperature
+            self.config.sample_temperature = float(temperature)
+            try:
+                return self.sample_actions(observations, seed)
+            finally:
+                self.config.sample_temperature = saved
         obs = to_torch(dict(observations), self.device)
         self.check_observations(obs)
         obs = self.normalizer.normalize_obs(obs)

@@ -184,6 +184,8 @@ def test_collector_stores_success_truncation_and_budget(lift_state_file):
     ({'offline_steps': 0}, 'nothing to train'),
     ({'online_steps': 10, 'collect_seed': 999_995}, 'overlaps the evaluation seeds [1000000, 1000050)'),
     ({'online_steps': 10, 'eval_seed': 2_000_005}, 'overlaps the evaluation seeds [2000005, 2000055)'),
+    ({'online_steps': 10, 'collect_temperature': -0.5}, '--collect_temperature=-0.5: expected a float >= 0'),
+    ({'online_steps': 10, 'collect_temperature': float('nan')}, '--collect_temperature=nan: expected a'),
 ])
 def test_online_flag_values_are_checked(changes, message):
     import train_bc
@@ -200,6 +202,59 @@ def test_overlapping_seeds_fail_before_anything_is_made(tmp_path):
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
     assert '--collect_seed=1000000: online episodes reset with seeds [1000000, 1000010)' in proc.stderr
     assert not os.path.exists(tmp_path / 'default')
+
+
+def test_collection_samples_at_the_collect_temperature_and_evaluation_at_the_agents():
+    """--collect_temperature: the collecting policy's chunk is sample_actions at that temperature (the
+    prior's noise times it) with the chunk's seed, whatever the agent's own sample_temperature, which stays
+    in force for evaluation afterwards."""
+    import train_bc
+
+    meta = shape_meta()
+    config = AGENTS['fbc'].get_config()
+    config.update(network_type='mlp', hidden_dims=(16,), horizon_length=4, action_steps=4, obs_steps=1)
+    agent = AGENTS['fbc'].create(meta, config, seed=0)
+    agent.config.sample_temperature = 0.0  # as a task recipe sets it (Can, Square)
+    obs = random_obs(meta, 1, 1, np.random.default_rng(0))
+    seed = chunk_noise_seed(2_000_000, 0)
+    explore = train_bc.collection_policy(agent, 2_000_000, 1.0)(obs)
+    np.testing.assert_array_equal(explore, agent.sample_actions(obs, seed=seed, temperature=1.0).numpy())
+    assert agent.config.sample_temperature == 0.0, 'collection must not change how the agent evaluates'
+    greedy = agent.sample_actions(obs, seed=seed).numpy()
+    np.testing.assert_array_equal(greedy, agent.sample_actions(obs, seed=seed + 1).numpy())  # T = 0
+    assert not np.array_equal(explore, greedy)
+    np.testing.assert_array_equal(train_bc.collection_policy(agent, 2_000_000, 0.0)(obs), greedy)
+
+
+def test_a_collect_temperature_the_agent_cannot_sample_at_fails_before_anything_is_made(tmp_path):
+    """ACFQL's best-of-N at collection temperature 0 would draw N equal chunks: refused up front."""
+    proc = run_cli(['--agent=agents/fql.py', '--agent.best_of_n=4', '--online_steps=10',
+                    '--collect_temperature=0', '--wandb_mode=disabled'], tmp_path, check=False)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
+    assert '--collect_temperature=0.0: config.best_of_n=4 is invalid' in proc.stderr
+    assert not os.path.exists(tmp_path / 'default')
+
+
+def test_a_resumed_run_keeps_its_collect_temperature(monkeypatch):
+    """--resume: a run from before the flag collected at its agent's sample_temperature and keeps it; a
+    different --collect_temperature on resume is refused, as the other online flags are."""
+    import train_bc
+
+    saved = {'online_steps': 100, 'utd_ratio': 1, 'collect_seed': 2_000_000, 'offline_steps': 10}
+    resumed = train_bc.online_flags_of_resumed_run
+    assert resumed(saved, {'sample_temperature': 0.0})['collect_temperature'] == 0
+    assert resumed(saved, {})['collect_temperature'] == 1.0
+    new = {**saved, 'collect_temperature': 1.0}
+    monkeypatch.chdir(ROOT)  # --agent's default config file is a path from the repository root
+    train_bc.FLAGS(['train_bc.py', '--collect_temperature=0.5'])
+    try:
+        keeps = '--collect_temperature=0.5: a resumed run keeps its --collect_temperature=1.0'
+        with pytest.raises(train_bc.UserError, match=re.escape(keeps)):
+            resumed(new, {})
+        train_bc.FLAGS(['train_bc.py', '--collect_temperature=1.0'])
+        assert resumed(new, {})['collect_temperature'] == 1.0
+    finally:
+        train_bc.FLAGS.unparse_flags()
 
 
 OFFLINE, ONLINE, UTD, TA, LIMIT = 4, 30, 2, 4, 12  # TINY's action_steps is 4
