@@ -908,7 +908,10 @@ def check_agent_config(config, run_flags):
         try:
             agent.validate_config(collecting)
         except ValueError as e:
-            raise UserError(f'--collect_temperature={run_flags["collect_temperature"]}: {e}') from None
+            temperature = run_flags['collect_temperature']
+            raise UserError(f'--collect_temperature={temperature}: the online phase samples at this '
+                            f'temperature and the agent cannot ({e}); give --collect_temperature > 0 or '
+                            'change the agent field it names') from None
 
 
 def thread_governor(threads):

@@ -305,6 +305,7 @@ class Agent:
         config.sample_temperature for this call (online collection: train_bc.py --collect_temperature).
         """
         if temperature is not None:
+            _require(float(temperature) >= 0, 'sample_temperature', temperature, 'a float >= 0')
             saved = self.config.sample_temperature
             self.config.sample_temperature = float(temperature)
             try:

@@ -231,7 +231,8 @@ def test_a_collect_temperature_the_agent_cannot_sample_at_fails_before_anything_
     proc = run_cli(['--agent=agents/fql.py', '--agent.best_of_n=4', '--online_steps=10',
                     '--collect_temperature=0', '--wandb_mode=disabled'], tmp_path, check=False)
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
-    assert '--collect_temperature=0.0: config.best_of_n=4 is invalid' in proc.stderr
+    assert ('--collect_temperature=0.0: the online phase samples at this temperature and the agent cannot '
+            '(config.best_of_n=4 is invalid') in proc.stderr
     assert not os.path.exists(tmp_path / 'default')
 
 
@@ -255,6 +256,46 @@ def test_a_resumed_run_keeps_its_collect_temperature(monkeypatch):
         assert resumed(new, {})['collect_temperature'] == 1.0
     finally:
         train_bc.FLAGS.unparse_flags()
+
+
+SPY = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import train_bc
+from absl import app
+
+seen = []
+collection_policy = train_bc.collection_policy
+
+
+def spy(agent, episode_seed, temperature):
+    seen.append((temperature, float(agent.config.sample_temperature)))
+    return collection_policy(agent, episode_seed, temperature)
+
+
+train_bc.collection_policy = spy
+try:
+    app.run(train_bc.entry, argv=['train_bc.py', *sys.argv[3:]])
+finally:
+    json.dump(seen, open(sys.argv[2], 'w'))
+"""
+
+
+@pytest.mark.slow
+def test_the_online_phase_collects_at_collect_temperature(lift_state_file, tmp_path):
+    """train_bc.py hands --collect_temperature to every online episode's collecting policy, and the agent's
+    own sample_temperature (what evaluation uses) is what the run was given."""
+    spy, seen = tmp_path / 'spy.py', tmp_path / 'seen.json'
+    spy.write_text(SPY)
+    args = ['--agent=agents/fql.py', f'--dataset_path={lift_state_file}', '--offline_steps=2',
+            '--online_steps=20', '--eval_max_steps=8', '--eval_episodes=0', '--agent.sample_temperature=0',
+            '--collect_temperature=0.5', f'--save_dir={tmp_path}', *TINY]
+    proc = subprocess.run([sys.executable, str(spy), ROOT, str(seen), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.load(open(seen)) == [[0.5, 0.0]] * 3  # 8 + 8 + 4 env steps: three episodes
+    (run_dir,) = run_dirs(tmp_path)
+    assert json.load(open(os.path.join(run_dir, 'flags.json')))['collect_temperature'] == 0.5
 
 
 OFFLINE, ONLINE, UTD, TA, LIMIT = 4, 30, 2, 4, 12  # TINY's action_steps is 4

@@ -113,8 +113,9 @@ def check_distributed_flags(world_size, online_steps=0, eval_only=False):
         return
     if online_steps:
         raise ValueError(f'--online_steps={online_steps}: the online phase does not run under torchrun '
-                         f'({world_size} processes); train offline with torchrun, then run the online phase '
-                         'in one process (python train_bc.py --resume=... --online_steps=...)')
+                         f'({world_size} processes), and a resumed run cannot change --online_steps or its '
+                         'process count; run offline-to-online in one process '
+                         '(python train_bc.py --offline_steps=N --online_steps=M)')
     if eval_only:
         raise ValueError(f'--eval_only: evaluation runs in one process; use python train_bc.py --eval_only, '
                          f'not torchrun ({world_size} processes)')
